@@ -1,0 +1,32 @@
+# oxcd's two entry points for a newcomer: `make run` and `make test`. Both install what they need.
+SHELL := /bin/bash
+ROCKSDB_LIB_DIR ?= $(shell pkg-config --variable=libdir rocksdb 2>/dev/null || echo /usr/lib/x86_64-linux-gnu)
+ROCKSDB_INCLUDE_DIR ?= $(shell pkg-config --variable=includedir rocksdb 2>/dev/null || echo /usr/include)
+PY_SCRIPTS := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+export ROCKSDB_LIB_DIR ROCKSDB_INCLUDE_DIR
+export ETCDCTL ?= $(PY_SCRIPTS)/etcdctl
+export ETCD ?= $(PY_SCRIPTS)/etcd
+
+.PHONY: deps run build test lint bench
+
+deps:
+	@scripts/install-deps.sh
+
+## Start a single-member server on 127.0.0.1:2379 with data in ./default.oxcd (like `etcd`).
+run: deps
+	cargo run --release --bin oxcd -- $(ARGS)
+
+build: deps
+	cargo build --release --bins
+
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+## The whole test suite: format, lints, unit, property and integration tests.
+test: lint
+	cargo nextest run --no-fail-fast
+
+## Side-by-side load comparison with the real etcd (release builds).
+bench: deps
+	scripts/bench.sh

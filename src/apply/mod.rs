@@ -1,0 +1,335 @@
+//! The deterministic state machine: one replicated command becomes writes in one atomic batch.
+//!
+//! Invariants:
+//! - No clock, randomness or I/O other than the storage batch: every member applying the same
+//!   commands in the same order reaches the same state and returns the same [`Applied`] values.
+//! - A command that fails (compacted revision, missing key, unknown lease) changes nothing: every
+//!   check runs before the first write.
+//! - The ops of one transaction share one revision; nested transactions share their parent's.
+
+mod pb;
+
+use crate::mvcc::{MvccError, ReadError, TxnState, Writer};
+use crate::proto::etcdserverpb::{
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    request_op::Request,
+    response_op::Response,
+    CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use crate::proto::mvccpb::KeyValue;
+use crate::storage::StorageError;
+pub use pb::Pb;
+
+/// A replicated command: what goes into the raft log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Op {
+    /// KV Put.
+    Put(Pb<PutRequest>),
+    /// KV DeleteRange.
+    DeleteRange(Pb<DeleteRangeRequest>),
+    /// KV Txn.
+    Txn(Pb<TxnRequest>),
+    /// KV Compact.
+    Compact(Pb<CompactionRequest>),
+}
+
+/// The outcome of applying one command, returned identically by every member.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Applied {
+    /// An entry with no command (leader's blank entry, membership change).
+    Nothing,
+    /// A Put's response (header carries only the revision).
+    Put(Pb<PutResponse>),
+    /// A DeleteRange's response.
+    DeleteRange(Pb<DeleteRangeResponse>),
+    /// A Txn's response.
+    Txn(Pb<TxnResponse>),
+    /// A compaction succeeded; the store's revision at the time.
+    Compacted {
+        /// The current revision when the compaction applied.
+        revision: i64,
+    },
+    /// The command failed deterministically and changed nothing.
+    Failed(MvccError),
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+/// Applies one command through `w`. Only storage failures are errors; everything else is a value.
+pub fn apply_op(w: &mut Writer<'_>, op: &Op) -> Result<Applied, StorageError> {
+    match op {
+        Op::Put(req) => {
+            let mut t = w.begin();
+            if let Err(e) = check_put(w, &t, &req.0)? {
+                return Ok(Applied::Failed(e));
+            }
+            let resp = exec_put(w, &mut t, &req.0)?;
+            w.end(t);
+            Ok(Applied::Put(Pb(resp)))
+        }
+        Op::DeleteRange(req) => {
+            let mut t = w.begin();
+            let resp = exec_delete(w, &mut t, &req.0)?;
+            w.end(t);
+            Ok(Applied::DeleteRange(Pb(resp)))
+        }
+        Op::Txn(req) => {
+            let t = w.begin();
+            let mut path = Vec::new();
+            txn_path(w, &t, &req.0, &mut path)?;
+            if let Err(e) = check_txn(w, &t, &req.0, &path, &mut 0)? {
+                return Ok(Applied::Failed(e));
+            }
+            let mut t = t;
+            let mut resp = exec_txn(w, &mut t, &req.0, &path, &mut 0)?;
+            let rev = w.end(t);
+            resp.header = header(rev);
+            Ok(Applied::Txn(Pb(resp)))
+        }
+        Op::Compact(req) => match w.compact(req.0.revision) {
+            Ok(()) => {
+                let t = w.begin();
+                Ok(Applied::Compacted { revision: t.view() })
+            }
+            Err(e) => Ok(Applied::Failed(e)),
+        },
+    }
+}
+
+/// Leases arrive with the lease service; until then no lease exists, so any lease ID is unknown.
+fn lease_exists(_lease: i64) -> bool {
+    false
+}
+
+fn check_put(
+    w: &Writer<'_>,
+    t: &TxnState,
+    req: &PutRequest,
+) -> Result<Result<(), MvccError>, StorageError> {
+    if (req.ignore_value || req.ignore_lease) && w.get(t, &req.key).is_none() {
+        return Ok(Err(MvccError::KeyNotFound));
+    }
+    if req.lease != 0 && !lease_exists(req.lease) {
+        return Ok(Err(MvccError::LeaseNotFound));
+    }
+    Ok(Ok(()))
+}
+
+fn check_range(t: &TxnState, req: &RangeRequest, compacted: i64) -> Result<(), MvccError> {
+    if req.revision > t.view() {
+        return Err(MvccError::FutureRevision);
+    }
+    if req.revision > 0 && req.revision < compacted {
+        return Err(MvccError::Compacted);
+    }
+    Ok(())
+}
+
+fn exec_put(
+    w: &mut Writer<'_>,
+    t: &mut TxnState,
+    req: &PutRequest,
+) -> Result<PutResponse, StorageError> {
+    let prev = w.get(t, &req.key);
+    let mut prev_kv: Option<KeyValue> = None;
+    if req.prev_kv || req.ignore_value {
+        if let Some(p) = &prev {
+            prev_kv = w.values(std::slice::from_ref(p))?.into_iter().next();
+        }
+    }
+    let value = if req.ignore_value {
+        prev_kv
+            .as_ref()
+            .map(|kv| kv.value.clone())
+            .unwrap_or_default()
+    } else {
+        req.value.clone()
+    };
+    let lease = if req.ignore_lease {
+        prev.as_ref().map(|p| p.lease).unwrap_or(0)
+    } else {
+        req.lease
+    };
+    let rev = w.put(t, &req.key, value, lease);
+    Ok(PutResponse {
+        header: header(rev),
+        prev_kv: if req.prev_kv { prev_kv } else { None },
+    })
+}
+
+fn exec_delete(
+    w: &mut Writer<'_>,
+    t: &mut TxnState,
+    req: &DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, StorageError> {
+    let (deleted, prev_kvs) = w.delete_range(t, &req.key, &req.range_end, req.prev_kv)?;
+    Ok(DeleteRangeResponse {
+        header: header(t.view()),
+        deleted,
+        prev_kvs,
+    })
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    let ord = match CompareTarget::try_from(c.target) {
+        Ok(CompareTarget::Value) => {
+            let want: &[u8] = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value.as_slice().cmp(want)
+        }
+        Ok(target) => {
+            let want = match (&c.target_union, target) {
+                (Some(TargetUnion::Version(v)), CompareTarget::Version)
+                | (Some(TargetUnion::CreateRevision(v)), CompareTarget::Create)
+                | (Some(TargetUnion::ModRevision(v)), CompareTarget::Mod)
+                | (Some(TargetUnion::Lease(v)), CompareTarget::Lease) => *v,
+                _ => 0,
+            };
+            let have = match target {
+                CompareTarget::Version => kv.version,
+                CompareTarget::Create => kv.create_revision,
+                CompareTarget::Mod => kv.mod_revision,
+                _ => kv.lease,
+            };
+            have.cmp(&want)
+        }
+        Err(_) => return true,
+    };
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => ord.is_eq(),
+        Ok(CompareResult::NotEqual) => ord.is_ne(),
+        Ok(CompareResult::Greater) => ord.is_gt(),
+        Ok(CompareResult::Less) => ord.is_lt(),
+        Err(_) => true,
+    }
+}
+
+fn compare(w: &Writer<'_>, t: &TxnState, c: &Compare) -> Result<bool, StorageError> {
+    let vis = w.visible(t, &c.key, &c.range_end);
+    let is_value = c.target == CompareTarget::Value as i32;
+    if vis.is_empty() {
+        // A missing key compares as all zeroes, but never equals any value.
+        return Ok(!is_value && compare_kv(c, &KeyValue::default()));
+    }
+    if is_value {
+        Ok(w.values(&vis)?.iter().all(|kv| compare_kv(c, kv)))
+    } else {
+        Ok(vis.iter().all(|v| {
+            compare_kv(
+                c,
+                &KeyValue {
+                    key: v.key.clone(),
+                    create_revision: v.create,
+                    mod_revision: v.rev.main,
+                    version: v.version,
+                    value: Vec::new(),
+                    lease: v.lease,
+                },
+            )
+        }))
+    }
+}
+
+/// Evaluates every compare on the chosen path before any op runs, depth first.
+fn txn_path(
+    w: &Writer<'_>,
+    t: &TxnState,
+    req: &TxnRequest,
+    path: &mut Vec<bool>,
+) -> Result<(), StorageError> {
+    let mut ok = true;
+    for c in &req.compare {
+        if !compare(w, t, c)? {
+            ok = false;
+            break;
+        }
+    }
+    path.push(ok);
+    let ops = if ok { &req.success } else { &req.failure };
+    for op in ops {
+        if let Some(Request::RequestTxn(nested)) = &op.request {
+            txn_path(w, t, nested, path)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_txn(
+    w: &Writer<'_>,
+    t: &TxnState,
+    req: &TxnRequest,
+    path: &[bool],
+    pos: &mut usize,
+) -> Result<Result<(), MvccError>, StorageError> {
+    let ok = path.get(*pos).copied().unwrap_or(false);
+    *pos += 1;
+    let ops = if ok { &req.success } else { &req.failure };
+    let compacted = w.compacted();
+    for op in ops {
+        let res = match &op.request {
+            Some(Request::RequestPut(p)) => check_put(w, t, p)?,
+            Some(Request::RequestRange(r)) => check_range(t, r, compacted),
+            Some(Request::RequestTxn(nested)) => check_txn(w, t, nested, path, pos)?,
+            Some(Request::RequestDeleteRange(_)) | None => Ok(()),
+        };
+        if res.is_err() {
+            return Ok(res);
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn exec_txn(
+    w: &mut Writer<'_>,
+    t: &mut TxnState,
+    req: &TxnRequest,
+    path: &[bool],
+    pos: &mut usize,
+) -> Result<TxnResponse, StorageError> {
+    let ok = path.get(*pos).copied().unwrap_or(false);
+    *pos += 1;
+    let ops = if ok { &req.success } else { &req.failure };
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        let response = match &op.request {
+            Some(Request::RequestRange(r)) => {
+                let res = match w.range(t, r) {
+                    Ok(res) => res,
+                    Err(ReadError::Storage(e)) => return Err(e),
+                    // Ruled out by check_txn: the view only moves forward inside a transaction.
+                    Err(ReadError::Mvcc(_)) => Default::default(),
+                };
+                Some(Response::ResponseRange(RangeResponse {
+                    header: header(res.header_revision),
+                    kvs: res.kvs,
+                    more: res.more,
+                    count: res.count,
+                }))
+            }
+            Some(Request::RequestPut(p)) => Some(Response::ResponsePut(exec_put(w, t, p)?)),
+            Some(Request::RequestDeleteRange(d)) => {
+                Some(Response::ResponseDeleteRange(exec_delete(w, t, d)?))
+            }
+            Some(Request::RequestTxn(nested)) => {
+                let mut r = exec_txn(w, t, nested, path, pos)?;
+                r.header = Some(ResponseHeader::default());
+                Some(Response::ResponseTxn(r))
+            }
+            None => None,
+        };
+        responses.push(ResponseOp { response });
+    }
+    Ok(TxnResponse {
+        header: None,
+        succeeded: ok,
+        responses,
+    })
+}

@@ -1,0 +1,81 @@
+//! Command-line flags with etcd's names. A flag given on the command line wins over the config file
+//! and the environment; an unknown flag is an error (clap prints it and exits non-zero).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+macro_rules! settings_flags {
+    ($( $field:ident => $name:literal, $help:literal; )*) => {
+        /// oxcd's command line.
+        #[derive(Parser, Debug, Default, Clone)]
+        #[command(
+            name = "oxcd",
+            about = "oxcd: an etcd-compatible, Raft-replicated key-value store",
+            disable_version_flag = true
+        )]
+        pub struct Flags {
+            /// Print the version and exit.
+            #[arg(long)]
+            pub version: bool,
+            /// Path to a YAML config file with etcd's keys (env: ETCD_CONFIG_FILE).
+            #[arg(long = "config-file", value_name = "PATH")]
+            pub config_file: Option<PathBuf>,
+            /// A subcommand; without one, oxcd serves.
+            #[command(subcommand)]
+            pub command: Option<Command>,
+            $(
+                #[doc = $help]
+                #[arg(long = $name, value_name = "VALUE")]
+                pub $field: Option<String>,
+            )*
+        }
+
+        /// Every setting a flag, env var or config key can carry, by its etcd name.
+        pub const SETTINGS: &[&str] = &[$($name),*];
+
+        impl Flags {
+            /// The settings given on the command line, by etcd name.
+            pub fn settings_map(&self) -> BTreeMap<String, String> {
+                let mut m = BTreeMap::new();
+                $(
+                    if let Some(v) = &self.$field {
+                        m.insert($name.to_string(), v.clone());
+                    }
+                )*
+                m
+            }
+        }
+    };
+}
+
+settings_flags! {
+    name => "name", "Human-readable name for this member (default \"default\").";
+    data_dir => "data-dir", "Path to the data directory (default \"<name>.oxcd\").";
+    listen_client_urls => "listen-client-urls", "URLs to listen on for client traffic (default http://localhost:2379).";
+    advertise_client_urls => "advertise-client-urls", "Client URLs to advertise to the cluster (default http://localhost:2379).";
+    listen_peer_urls => "listen-peer-urls", "URLs to listen on for peer traffic (default http://localhost:2380).";
+    initial_advertise_peer_urls => "initial-advertise-peer-urls", "Peer URLs to advertise to the cluster (default http://localhost:2380).";
+    initial_cluster => "initial-cluster", "Initial cluster configuration for bootstrapping, name=URL,... (default <name>=<advertise peer URLs>).";
+    initial_cluster_state => "initial-cluster-state", "Initial cluster state: new or existing (default new).";
+    initial_cluster_token => "initial-cluster-token", "Initial cluster token (default etcd-cluster).";
+    max_request_bytes => "max-request-bytes", "Maximum client request size in bytes (default 1572864).";
+    max_txn_ops => "max-txn-ops", "Maximum number of operations permitted in a transaction (default 128).";
+    quota_backend_bytes => "quota-backend-bytes", "Backend size quota in bytes; 0 means the default 2 GiB.";
+    auto_compaction_mode => "auto-compaction-mode", "Auto compaction mode: periodic or revision (default periodic).";
+    auto_compaction_retention => "auto-compaction-retention", "Auto compaction retention: hours or a duration for periodic, a revision count for revision; 0 disables (default 0).";
+    log_level => "log-level", "Log level: debug, info, warn, error, panic or fatal (default info).";
+    logger => "logger", "Logger: zap (structured JSON, default).";
+    log_outputs => "log-outputs", "Log outputs: default, stderr, stdout or file paths, comma-separated (default default = stderr).";
+    heartbeat_interval => "heartbeat-interval", "Time (in milliseconds) of a heartbeat interval (default 100).";
+    election_timeout => "election-timeout", "Time (in milliseconds) for an election to timeout (default 1000).";
+    snapshot_count => "snapshot-count", "Number of applied log entries between snapshots (default 10000).";
+}
+
+/// oxcd's subcommands besides serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Print the version and exit.
+    Version,
+}

@@ -1,0 +1,538 @@
+//! Configuration with etcd's names: defaults, then a `--config-file` (etcd's YAML keys), then
+//! `ETCD_*` (and `OXCD_*`) environment variables, then command-line flags.
+//!
+//! Invariants: [`Config::validate`] checks everything before the data directory is touched, and
+//! every error names the setting and the value; every setting keeps etcd's meaning and default
+//! (except the data directory, `<name>.oxcd` where etcd uses `<name>.etcd`).
+
+mod de;
+mod flags;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub use flags::{Command, Flags};
+
+/// A configuration error; the process prints it and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting could not be read (wrong type, bad YAML).
+    #[error("{0}")]
+    Load(String),
+    /// The config file does not exist.
+    #[error("cannot read config file {0}: no such file")]
+    MissingFile(PathBuf),
+    /// A setting has an invalid value.
+    #[error("invalid value {value:?} for --{flag}: {reason}")]
+    Invalid {
+        /// The flag name.
+        flag: &'static str,
+        /// The offending value.
+        value: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+}
+
+fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Every setting, as etcd names them (YAML keys and flags in kebab case).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct Config {
+    /// Human-readable member name.
+    #[serde(deserialize_with = "de::string")]
+    pub name: String,
+    /// Data directory; empty means `<name>.oxcd`.
+    #[serde(deserialize_with = "de::string")]
+    pub data_dir: String,
+    /// Comma-separated URLs to serve clients on.
+    #[serde(deserialize_with = "de::string")]
+    pub listen_client_urls: String,
+    /// Comma-separated client URLs advertised to the cluster.
+    #[serde(deserialize_with = "de::string")]
+    pub advertise_client_urls: String,
+    /// Comma-separated URLs to serve peers on.
+    #[serde(deserialize_with = "de::string")]
+    pub listen_peer_urls: String,
+    /// Comma-separated peer URLs advertised to the cluster.
+    #[serde(deserialize_with = "de::string")]
+    pub initial_advertise_peer_urls: String,
+    /// `name=peerURL,...` of the initial members; empty means this member alone.
+    #[serde(deserialize_with = "de::string")]
+    pub initial_cluster: String,
+    /// `new` or `existing`.
+    #[serde(deserialize_with = "de::string")]
+    pub initial_cluster_state: String,
+    /// Token that makes member and cluster IDs unique to a cluster.
+    #[serde(deserialize_with = "de::string")]
+    pub initial_cluster_token: String,
+    /// Largest request a client may send, in bytes.
+    #[serde(deserialize_with = "de::u64")]
+    pub max_request_bytes: u64,
+    /// Most operations in one transaction.
+    #[serde(deserialize_with = "de::u64")]
+    pub max_txn_ops: u64,
+    /// Backend size quota in bytes (0 means the default 2 GiB).
+    #[serde(deserialize_with = "de::i64")]
+    pub quota_backend_bytes: i64,
+    /// `periodic` or `revision`.
+    #[serde(deserialize_with = "de::string")]
+    pub auto_compaction_mode: String,
+    /// Hours or a duration (`periodic`), or a revision count (`revision`); "0" disables.
+    #[serde(deserialize_with = "de::string")]
+    pub auto_compaction_retention: String,
+    /// `debug`, `info`, `warn`, `error`, `panic` or `fatal`.
+    #[serde(deserialize_with = "de::string")]
+    pub log_level: String,
+    /// `zap` (structured JSON, etcd's default).
+    #[serde(deserialize_with = "de::string")]
+    pub logger: String,
+    /// `default`, `stderr`, `stdout` or file paths, comma-separated.
+    #[serde(deserialize_with = "de::string")]
+    pub log_outputs: String,
+    /// Heartbeat interval in milliseconds.
+    #[serde(deserialize_with = "de::u64")]
+    pub heartbeat_interval: u64,
+    /// Election timeout in milliseconds.
+    #[serde(deserialize_with = "de::u64")]
+    pub election_timeout: u64,
+    /// Applied entries between snapshots.
+    #[serde(deserialize_with = "de::u64")]
+    pub snapshot_count: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "default".to_string(),
+            data_dir: String::new(),
+            listen_client_urls: "http://localhost:2379".to_string(),
+            advertise_client_urls: "http://localhost:2379".to_string(),
+            listen_peer_urls: "http://localhost:2380".to_string(),
+            initial_advertise_peer_urls: "http://localhost:2380".to_string(),
+            initial_cluster: String::new(),
+            initial_cluster_state: "new".to_string(),
+            initial_cluster_token: "etcd-cluster".to_string(),
+            max_request_bytes: 1_572_864,
+            max_txn_ops: 128,
+            quota_backend_bytes: 0,
+            auto_compaction_mode: "periodic".to_string(),
+            auto_compaction_retention: "0".to_string(),
+            log_level: "info".to_string(),
+            logger: "zap".to_string(),
+            log_outputs: "default".to_string(),
+            heartbeat_interval: 100,
+            election_timeout: 1000,
+            snapshot_count: 10_000,
+        }
+    }
+}
+
+/// `new` or `existing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Bootstrap a new cluster.
+    New,
+    /// Join an existing cluster.
+    Existing,
+}
+
+/// When the leader compacts on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep this much history in time.
+    Periodic(Duration),
+    /// Keep this many revisions.
+    Revision(i64),
+}
+
+/// Where logs go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    /// Standard error (etcd's `default`).
+    Stderr,
+    /// Standard output.
+    Stdout,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+/// The validated settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Member name.
+    pub name: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Client listen addresses.
+    pub listen_client: Vec<SocketAddr>,
+    /// Advertised client URLs.
+    pub advertise_client_urls: Vec<String>,
+    /// Peer listen addresses.
+    pub listen_peer: Vec<SocketAddr>,
+    /// Advertised peer URLs (as written: they feed the member ID).
+    pub advertise_peer_urls: Vec<String>,
+    /// Initial members: name and peer URLs, in the order given.
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    /// New or existing cluster.
+    pub cluster_state: ClusterState,
+    /// Cluster token.
+    pub token: String,
+    /// Largest request, in bytes.
+    pub max_request_bytes: u64,
+    /// Most ops in a transaction.
+    pub max_txn_ops: u64,
+    /// Backend quota in bytes.
+    pub quota_backend_bytes: i64,
+    /// Auto-compaction, if enabled.
+    pub auto_compaction: Option<AutoCompaction>,
+    /// Log level.
+    pub log_level: String,
+    /// Log outputs.
+    pub log_outputs: Vec<LogOutput>,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout.
+    pub election: Duration,
+    /// Snapshot count.
+    pub snapshot_count: u64,
+}
+
+impl Config {
+    /// Layers defaults, the config file, the environment and the flags.
+    pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+        let env_file = std::env::var("ETCD_CONFIG_FILE")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        let mut fig = Figment::new().merge(Serialized::defaults(Config::default()));
+        if let Some(path) = flags.config_file.clone().or(env_file) {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path));
+            }
+            fig = fig.merge(Yaml::file(path));
+        }
+        let known: Vec<String> = flags::SETTINGS.iter().map(|s| s.to_string()).collect();
+        for prefix in ["ETCD_", "OXCD_"] {
+            let known = known.clone();
+            fig = fig.merge(
+                Env::prefixed(prefix)
+                    .map(|k| k.as_str().replace('_', "-").into())
+                    .filter(move |k| known.iter().any(|n| n.eq_ignore_ascii_case(k.as_str()))),
+            );
+        }
+        fig = fig.merge(Serialized::defaults(flags.settings_map()));
+        fig.extract::<Config>()
+            .map_err(|e| ConfigError::Load(e.to_string()))
+    }
+
+    /// Checks every value and resolves defaults that depend on others.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        if self.name.is_empty() {
+            return Err(invalid("name", &self.name, "must not be empty"));
+        }
+        let data_dir = if self.data_dir.is_empty() {
+            PathBuf::from(format!("{}.oxcd", self.name))
+        } else {
+            PathBuf::from(&self.data_dir)
+        };
+        let listen_client = listen_addrs("listen-client-urls", &self.listen_client_urls)?;
+        let advertise_client_urls = url_list("advertise-client-urls", &self.advertise_client_urls)?;
+        let listen_peer = listen_addrs("listen-peer-urls", &self.listen_peer_urls)?;
+        let advertise_peer_urls = url_list(
+            "initial-advertise-peer-urls",
+            &self.initial_advertise_peer_urls,
+        )?;
+        let initial_cluster = if self.initial_cluster.is_empty() {
+            vec![(self.name.clone(), advertise_peer_urls.clone())]
+        } else {
+            parse_initial_cluster(&self.initial_cluster)?
+        };
+        match initial_cluster.iter().find(|(n, _)| n == &self.name) {
+            None => {
+                return Err(invalid(
+                    "initial-cluster",
+                    &self.initial_cluster,
+                    format!("has no entry for this member's --name {:?}", self.name),
+                ))
+            }
+            Some((_, urls)) => {
+                let mut a = urls.clone();
+                let mut b = advertise_peer_urls.clone();
+                a.sort();
+                b.sort();
+                if a != b {
+                    return Err(invalid(
+                        "initial-cluster",
+                        &self.initial_cluster,
+                        format!(
+                            "{:?} has peer URLs {} but --initial-advertise-peer-urls is {}",
+                            self.name,
+                            urls.join(","),
+                            advertise_peer_urls.join(",")
+                        ),
+                    ));
+                }
+            }
+        }
+        let cluster_state = match self.initial_cluster_state.as_str() {
+            "new" => ClusterState::New,
+            "existing" => ClusterState::Existing,
+            other => {
+                return Err(invalid(
+                    "initial-cluster-state",
+                    other,
+                    "valid values include 'new', 'existing'",
+                ))
+            }
+        };
+        if self.initial_cluster_token.is_empty() {
+            return Err(invalid("initial-cluster-token", "", "must not be empty"));
+        }
+        if self.max_request_bytes == 0 {
+            return Err(invalid("max-request-bytes", "0", "must be greater than 0"));
+        }
+        if self.max_txn_ops == 0 {
+            return Err(invalid("max-txn-ops", "0", "must be greater than 0"));
+        }
+        if self.quota_backend_bytes < 0 {
+            return Err(invalid(
+                "quota-backend-bytes",
+                &self.quota_backend_bytes.to_string(),
+                "must not be negative",
+            ));
+        }
+        let auto_compaction =
+            parse_auto_compaction(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
+        let log_level = self.log_level.to_ascii_lowercase();
+        if !["debug", "info", "warn", "error", "dpanic", "panic", "fatal"]
+            .contains(&log_level.as_str())
+        {
+            return Err(invalid(
+                "log-level",
+                &self.log_level,
+                "valid values are debug, info, warn, error, dpanic, panic, fatal",
+            ));
+        }
+        if self.logger != "zap" {
+            return Err(invalid(
+                "logger",
+                &self.logger,
+                "only 'zap' is supported (as in etcd 3.5+)",
+            ));
+        }
+        let log_outputs = self
+            .log_outputs
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| match s {
+                "default" | "stderr" => LogOutput::Stderr,
+                "stdout" => LogOutput::Stdout,
+                path => LogOutput::File(PathBuf::from(path)),
+            })
+            .collect::<Vec<_>>();
+        if self.heartbeat_interval == 0 {
+            return Err(invalid("heartbeat-interval", "0", "must be greater than 0"));
+        }
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(invalid(
+                "election-timeout",
+                &self.election_timeout.to_string(),
+                format!(
+                    "should be at least as 5 times as --heartbeat-interval ({} ms)",
+                    self.heartbeat_interval
+                ),
+            ));
+        }
+        Ok(Settings {
+            name: self.name.clone(),
+            data_dir,
+            listen_client,
+            advertise_client_urls,
+            listen_peer,
+            advertise_peer_urls,
+            initial_cluster,
+            cluster_state,
+            token: self.initial_cluster_token.clone(),
+            max_request_bytes: self.max_request_bytes,
+            max_txn_ops: self.max_txn_ops,
+            quota_backend_bytes: if self.quota_backend_bytes == 0 {
+                2 * 1024 * 1024 * 1024
+            } else {
+                self.quota_backend_bytes
+            },
+            auto_compaction,
+            log_level,
+            log_outputs: if log_outputs.is_empty() {
+                vec![LogOutput::Stderr]
+            } else {
+                log_outputs
+            },
+            heartbeat: Duration::from_millis(self.heartbeat_interval),
+            election: Duration::from_millis(self.election_timeout),
+            snapshot_count: self.snapshot_count.max(1),
+        })
+    }
+}
+
+fn url_list(flag: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let url = url::Url::parse(part).map_err(|e| invalid(flag, part, e.to_string()))?;
+        match url.scheme() {
+            "http" => {}
+            "https" | "unixs" => {
+                return Err(invalid(
+                    flag,
+                    part,
+                    "TLS (https) is not supported yet; use http",
+                ))
+            }
+            other => {
+                return Err(invalid(
+                    flag,
+                    part,
+                    format!("URL scheme must be http, got {other:?}"),
+                ))
+            }
+        }
+        if url.host_str().is_none() || url.port().is_none() {
+            return Err(invalid(flag, part, "URL must have a host and a port"));
+        }
+        out.push(part.to_string());
+    }
+    if out.is_empty() {
+        return Err(invalid(flag, raw, "at least one URL is required"));
+    }
+    Ok(out)
+}
+
+fn listen_addrs(flag: &'static str, raw: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut out = Vec::new();
+    for u in url_list(flag, raw)? {
+        let url = url::Url::parse(&u).map_err(|e| invalid(flag, &u, e.to_string()))?;
+        let port = url.port().unwrap_or(0);
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(|c| c == '[' || c == ']');
+        let ip: IpAddr = if host == "localhost" {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            host.parse()
+                .map_err(|_| invalid(flag, &u, format!("expected IP in URL for binding ({u})")))?
+        };
+        out.push(SocketAddr::new(ip, port));
+    }
+    Ok(out)
+}
+
+fn parse_initial_cluster(raw: &str) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| invalid("initial-cluster", raw, format!("{part:?} is not name=URL")))?;
+        let url = url_list("initial-cluster", url)?.remove(0);
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url),
+            None => out.push((name.to_string(), vec![url])),
+        }
+    }
+    if out.is_empty() {
+        return Err(invalid("initial-cluster", raw, "no members given"));
+    }
+    Ok(out)
+}
+
+/// Parses durations such as `1h`, `30m`, `1h30m`, `90s`, `500ms`.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = raw.trim().chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() {
+                unit.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let v: f64 = num.parse().ok()?;
+        num.clear();
+        let secs = match unit.as_str() {
+            "h" => v * 3600.0,
+            "m" => v * 60.0,
+            "s" => v,
+            "ms" => v / 1000.0,
+            _ => return None,
+        };
+        total += Duration::from_secs_f64(secs);
+        any = true;
+    }
+    if !num.is_empty() {
+        return None;
+    }
+    any.then_some(total)
+}
+
+fn parse_auto_compaction(
+    mode: &str,
+    retention: &str,
+) -> Result<Option<AutoCompaction>, ConfigError> {
+    let retention = retention.trim();
+    match mode {
+        "periodic" => {
+            if let Ok(hours) = retention.parse::<u64>() {
+                return Ok((hours > 0)
+                    .then(|| AutoCompaction::Periodic(Duration::from_secs(hours * 3600))));
+            }
+            match parse_duration(retention) {
+                Some(d) if d.is_zero() => Ok(None),
+                Some(d) => Ok(Some(AutoCompaction::Periodic(d))),
+                None => Err(invalid(
+                    "auto-compaction-retention",
+                    retention,
+                    "expected hours (e.g. 1) or a duration (e.g. 30m)",
+                )),
+            }
+        }
+        "revision" => match retention.parse::<i64>() {
+            Ok(0) => Ok(None),
+            Ok(n) if n > 0 => Ok(Some(AutoCompaction::Revision(n))),
+            _ => Err(invalid(
+                "auto-compaction-retention",
+                retention,
+                "expected a revision count in revision mode",
+            )),
+        },
+        other => Err(invalid(
+            "auto-compaction-mode",
+            other,
+            "valid values are 'periodic' and 'revision'",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,129 @@
+//! oxcd: an etcd-compatible, Raft-replicated key-value store.
+//!
+//! Layers (dependencies point downward only; a test scans `use crate::` lines to hold this):
+//!
+//! ```text
+//! main -> server -> node -> raft -> apply -> mvcc -> storage
+//! types, config, telemetry, proto: leaves, usable from anywhere
+//! ```
+//!
+//! Invariants the whole crate keeps:
+//! - Every write goes through the raft log, even on a single member (a one-member raft group).
+//! - Applying a command is deterministic and commits its data with the applied log id in one
+//!   RocksDB batch.
+//! - A log append is fsynced before it is acknowledged; concurrent appends share the fsync.
+//! - `server::error` is the one place errors become etcd's gRPC codes and strings.
+//! - `rocksdb` is used only in `storage`, `openraft` only in `raft`.
+
+pub mod apply;
+pub mod config;
+pub mod mvcc;
+pub mod node;
+pub mod proto;
+pub mod raft;
+pub mod server;
+pub mod storage;
+pub mod telemetry;
+pub mod types;
+
+/// The oxcd version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The etcd API version oxcd speaks.
+pub const ETCD_API_VERSION: &str = "3.5";
+
+#[cfg(test)]
+mod layering {
+    //! Holds the layer rules by scanning the source: each module may use only modules below it
+    //! (or the leaves), and each outside engine stays in its one module.
+
+    use std::path::Path;
+
+    /// Rank of each module; a module may use modules of lower rank and the leaves (rank 0).
+    const RANKS: &[(&str, u32)] = &[
+        ("types", 0),
+        ("config", 0),
+        ("telemetry", 0),
+        ("proto", 0),
+        ("metrics", 0),
+        ("storage", 1),
+        ("mvcc", 2),
+        ("lease", 2),
+        ("auth", 2),
+        ("apply", 3),
+        ("raft", 4),
+        ("cluster", 5),
+        ("node", 6),
+        ("server", 7),
+        ("gateway", 7),
+        ("health", 7),
+        ("controller", 8),
+    ];
+
+    fn rank(m: &str) -> Option<u32> {
+        RANKS.iter().find(|(n, _)| *n == m).map(|(_, r)| *r)
+    }
+
+    fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("read src").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().and_then(|x| x.to_str()) == Some("rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn dependencies_point_downward() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let mut violations = Vec::new();
+        for f in files {
+            let rel = f.strip_prefix(&src).expect("under src");
+            let first = rel.components().next().expect("component");
+            let module = first
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string();
+            let Some(own) = rank(&module) else { continue };
+            let text = std::fs::read_to_string(&f).expect("read");
+            for (n, line) in text.lines().enumerate() {
+                let mut rest = line;
+                while let Some(pos) = rest.find("crate::") {
+                    rest = &rest[pos + "crate::".len()..];
+                    let used: String = rest
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    let Some(r) = rank(&used) else { continue };
+                    let same_tier_clash = r == own && r == 2 && used != module;
+                    if used != module && r != 0 && (r >= own || same_tier_clash) {
+                        violations.push(format!(
+                            "{}:{}: {module} uses {used}",
+                            rel.display(),
+                            n + 1
+                        ));
+                    }
+                }
+                for (engine, home) in [("rocksdb::", "storage"), ("openraft::", "raft")] {
+                    let code = line.split("//").next().unwrap_or("");
+                    if code.contains(engine) && module != home {
+                        violations.push(format!(
+                            "{}:{}: {engine} outside {home}",
+                            rel.display(),
+                            n + 1
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(
+            violations.is_empty(),
+            "layer violations:\n{}",
+            violations.join("\n")
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! The `oxcd` binary: parses etcd's flags, environment and config file, then serves.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use oxcd::config::{Command, Config, Flags};
+use oxcd::node::Node;
+
+fn print_version() {
+    println!("oxcd Version: {}", oxcd::VERSION);
+    println!("etcd API Version: {}", oxcd::ETCD_API_VERSION);
+    println!(
+        "Rust OS/Arch: {}/{}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    if flags.version || matches!(flags.command, Some(Command::Version)) {
+        print_version();
+        return ExitCode::SUCCESS;
+    }
+    // Everything is checked before the data directory is touched.
+    let settings = match Config::load(&flags).and_then(|c| c.validate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("oxcd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = oxcd::telemetry::init(&settings.log_level, &settings.log_outputs) {
+        eprintln!("oxcd: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("oxcd: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "oxcd stopped");
+            eprintln!("oxcd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run(settings: oxcd::config::Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let listeners = oxcd::server::bind(&settings.listen_client).await?;
+    let node = Node::start(settings).await?;
+    let addrs: Vec<String> = node
+        .settings
+        .listen_client
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    tracing::info!(
+        member_id = %node.identity.member_id,
+        cluster_id = %node.identity.cluster_id,
+        listen = ?addrs,
+        "ready to serve client requests"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
+    let watch_node = node.clone();
+    tokio::spawn(async move {
+        if let Some(reason) = watch_node.raft.stopped().await {
+            let _ = stop_tx.send(reason);
+        }
+    });
+    let fatal = std::sync::Arc::new(parking_lot::Mutex::new(None::<String>));
+    let fatal_set = fatal.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {},
+            reason = stop_rx => {
+                if let Ok(r) = reason {
+                    *fatal_set.lock() = Some(r);
+                }
+            }
+        }
+    };
+    oxcd::server::serve(node.clone(), listeners, shutdown).await?;
+    node.shutdown().await;
+    let reason = fatal.lock().take();
+    match reason {
+        Some(r) => Err(format!("raft stopped: {r}").into()),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,276 @@
+//! The in-memory key index: for every key, its changes in revision order.
+//!
+//! Invariants: each key's events are strictly increasing by revision; a key's version counts the
+//! puts since its latest creation; a tombstone ends a generation; compaction at `C` keeps, per key,
+//! the last event at or below `C` (dropping it too when it is a tombstone) and everything above.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use crate::types::Revision;
+
+/// What one change did to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// The key was written.
+    Put {
+        /// Revision (main) of the creation of this generation.
+        create: i64,
+        /// Version after this put (1 on creation).
+        version: i64,
+        /// Lease attached by this put.
+        lease: i64,
+    },
+    /// The key was deleted.
+    Tombstone,
+}
+
+/// One change to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyEvent {
+    /// When it happened.
+    pub rev: Revision,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// A key as visible at some revision, without its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Visible {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The revision of its last modification at or before the read revision.
+    pub rev: Revision,
+    /// Revision of its creation.
+    pub create: i64,
+    /// Its version.
+    pub version: i64,
+    /// Its lease.
+    pub lease: i64,
+}
+
+/// The key index plus the store's revision counters.
+#[derive(Debug, Clone)]
+pub struct Index {
+    keys: BTreeMap<Vec<u8>, Vec<KeyEvent>>,
+    /// The revision of the last write (1 for an empty store, as etcd).
+    pub current: i64,
+    /// The revision the store was last compacted at (0 when never).
+    pub compacted: i64,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            keys: BTreeMap::new(),
+            current: 1,
+            compacted: 0,
+        }
+    }
+}
+
+/// The bounds of etcd's `[key, range_end)` convention: an empty end is the single key, `"\0"` is
+/// every key from `key` on.
+pub fn bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    if range_end.is_empty() {
+        (Bound::Included(key), Bound::Included(key))
+    } else if range_end == [0] {
+        (Bound::Included(key), Bound::Unbounded)
+    } else {
+        (Bound::Included(key), Bound::Excluded(range_end))
+    }
+}
+
+/// Whether `k` lies within etcd's `[key, range_end)`.
+pub fn in_range(k: &[u8], key: &[u8], range_end: &[u8]) -> bool {
+    if range_end.is_empty() {
+        k == key
+    } else if range_end == [0] {
+        k >= key
+    } else {
+        k >= key && k < range_end
+    }
+}
+
+fn visible_in(events: &[KeyEvent], at: i64) -> Option<&KeyEvent> {
+    let idx = events.partition_point(|e| e.rev.main <= at);
+    if idx == 0 {
+        return None;
+    }
+    let e = &events[idx - 1];
+    match e.kind {
+        EventKind::Put { .. } => Some(e),
+        EventKind::Tombstone => None,
+    }
+}
+
+impl Index {
+    /// The keys in `[key, range_end)` visible at revision `at`, in key order.
+    pub fn range(&self, key: &[u8], range_end: &[u8], at: i64) -> Vec<Visible> {
+        let mut out = Vec::new();
+        self.visit_range(key, range_end, at, |v| {
+            out.push(v);
+            true
+        });
+        out
+    }
+
+    /// Visits the keys in `[key, range_end)` visible at `at` until `f` returns false.
+    pub fn visit_range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        at: i64,
+        mut f: impl FnMut(Visible) -> bool,
+    ) {
+        let (lo, hi) = bounds(key, range_end);
+        if let (Bound::Included(l), Bound::Excluded(h)) = (lo, hi) {
+            if l >= h {
+                return;
+            }
+        }
+        for (k, events) in self.keys.range::<[u8], _>((lo, hi)) {
+            if let Some(e) = visible_in(events, at) {
+                if let EventKind::Put {
+                    create,
+                    version,
+                    lease,
+                } = e.kind
+                {
+                    let keep_going = f(Visible {
+                        key: k.clone(),
+                        rev: e.rev,
+                        create,
+                        version,
+                        lease,
+                    });
+                    if !keep_going {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The key as visible at `at`, if it exists then.
+    pub fn get(&self, key: &[u8], at: i64) -> Option<Visible> {
+        let events = self.keys.get(key)?;
+        let e = visible_in(events, at)?;
+        match e.kind {
+            EventKind::Put {
+                create,
+                version,
+                lease,
+            } => Some(Visible {
+                key: key.to_vec(),
+                rev: e.rev,
+                create,
+                version,
+                lease,
+            }),
+            EventKind::Tombstone => None,
+        }
+    }
+
+    /// Records a change. The caller guarantees `rev` is above every revision of `key`.
+    pub fn push(&mut self, key: &[u8], ev: KeyEvent) {
+        match self.keys.get_mut(key) {
+            Some(events) => events.push(ev),
+            None => {
+                self.keys.insert(key.to_vec(), vec![ev]);
+            }
+        }
+    }
+
+    /// Compacts at `at`: drops the history no read at or above `at` can see and returns the
+    /// revisions whose stored values may be deleted.
+    pub fn compact(&mut self, at: i64) -> Vec<Revision> {
+        let mut dropped = Vec::new();
+        self.keys.retain(|_, events| {
+            let idx = events.partition_point(|e| e.rev.main <= at);
+            if idx == 0 {
+                return true;
+            }
+            let keep_from = match events[idx - 1].kind {
+                EventKind::Put { .. } => idx - 1,
+                EventKind::Tombstone => idx,
+            };
+            dropped.extend(events.drain(..keep_from).map(|e| e.rev));
+            !events.is_empty()
+        });
+        if at > self.compacted {
+            self.compacted = at;
+        }
+        dropped
+    }
+
+    /// The number of keys with any history.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(idx: &mut Index, key: &[u8], main: i64) {
+        let prev = idx.get(key, main - 1);
+        let (create, version) = match prev {
+            Some(v) => (v.create, v.version + 1),
+            None => (main, 1),
+        };
+        idx.push(
+            key,
+            KeyEvent {
+                rev: Revision::new(main, 0),
+                kind: EventKind::Put {
+                    create,
+                    version,
+                    lease: 0,
+                },
+            },
+        );
+        idx.current = main;
+    }
+
+    #[test]
+    fn versions_and_generations() {
+        let mut idx = Index::default();
+        put(&mut idx, b"a", 2);
+        put(&mut idx, b"a", 3);
+        idx.push(
+            b"a",
+            KeyEvent {
+                rev: Revision::new(4, 0),
+                kind: EventKind::Tombstone,
+            },
+        );
+        put(&mut idx, b"a", 5);
+        assert_eq!(
+            idx.get(b"a", 3).map(|v| (v.create, v.version)),
+            Some((2, 2))
+        );
+        assert_eq!(idx.get(b"a", 4), None);
+        assert_eq!(
+            idx.get(b"a", 5).map(|v| (v.create, v.version)),
+            Some((5, 1))
+        );
+        let dropped = idx.compact(4);
+        assert_eq!(dropped.len(), 3);
+        assert_eq!(idx.get(b"a", 5).map(|v| v.version), Some(1));
+    }
+
+    #[test]
+    fn range_conventions() {
+        let mut idx = Index::default();
+        for (i, k) in [b"a".as_slice(), b"b", b"c"].iter().enumerate() {
+            put(&mut idx, k, 2 + i as i64);
+        }
+        assert_eq!(idx.range(b"b", b"", 10).len(), 1);
+        assert_eq!(idx.range(b"b", b"\0", 10).len(), 2);
+        assert_eq!(idx.range(b"a", b"c", 10).len(), 2);
+        assert_eq!(idx.range(b"\0", b"\0", 10).len(), 3);
+        assert_eq!(idx.range(b"c", b"a", 10).len(), 0);
+    }
+}

@@ -1,0 +1,503 @@
+//! etcd's multi-version store: revisions, the key index, range/put/delete at a revision, compaction.
+//!
+//! Invariants:
+//! - Values live in the `kv` column family keyed by [`Revision`]; the key index lives in memory and
+//!   is rebuilt from `kv` at start-up, as etcd does.
+//! - Every write raises the revision by one; the ops of one transaction share it (`sub` orders them);
+//!   a write that changes nothing (deleting no key) does not raise it.
+//! - A [`Writer`] holds the index's write lock from its first change until its batch is in RocksDB,
+//!   so readers never see a change whose value is not yet stored.
+//! - Deterministic failures (compacted, future revision, missing key) are [`MvccError`] values.
+
+pub mod index;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::{RwLock, RwLockWriteGuard};
+use prost::Message;
+
+use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use crate::proto::etcdserverpb::RangeRequest;
+use crate::proto::mvccpb::KeyValue;
+use crate::storage::{Batch, Cf, Storage, StorageError};
+use crate::types::Revision;
+pub use index::{in_range, EventKind, Index, KeyEvent, Visible};
+
+/// Meta key of the compact revision.
+pub const META_COMPACT_REV: &[u8] = b"compact_rev";
+/// Meta key of the current revision.
+pub const META_CURRENT_REV: &[u8] = b"current_rev";
+
+const FLAG_PUT: u8 = 0;
+const FLAG_TOMBSTONE: u8 = 1;
+
+/// A deterministic outcome of an MVCC operation that is not a success.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
+pub enum MvccError {
+    /// The revision asked for has been compacted away.
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    /// The revision asked for is above the current revision.
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// `ignore_value`/`ignore_lease` on a key that does not exist.
+    #[error("key not found")]
+    KeyNotFound,
+    /// A put names a lease that does not exist.
+    #[error("requested lease not found")]
+    LeaseNotFound,
+}
+
+/// Errors of MVCC reads: a deterministic outcome or a storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A deterministic outcome.
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// The result of a range, without the response header.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RangeResult {
+    /// The key-values, after filters, sorting and limit.
+    pub kvs: Vec<KeyValue>,
+    /// Whether the limit cut the result.
+    pub more: bool,
+    /// The number of keys in the range at the read revision (ignoring limit and filters).
+    pub count: i64,
+    /// The store revision the read saw (etcd reports it in the header).
+    pub header_revision: i64,
+}
+
+/// The multi-version store.
+#[derive(Debug)]
+pub struct Mvcc {
+    storage: Storage,
+    index: RwLock<Index>,
+}
+
+fn encode_value(kv: &KeyValue, tombstone: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + kv.encoded_len());
+    out.push(if tombstone { FLAG_TOMBSTONE } else { FLAG_PUT });
+    kv.encode(&mut out).ok();
+    out
+}
+
+fn decode_value(raw: &[u8]) -> Result<(KeyValue, bool), StorageError> {
+    let corrupt = |detail: String| StorageError::Corrupt { cf: "kv", detail };
+    let (flag, body) = raw
+        .split_first()
+        .ok_or_else(|| corrupt("empty value".to_string()))?;
+    let kv = KeyValue::decode(body).map_err(|e| corrupt(e.to_string()))?;
+    Ok((kv, *flag == FLAG_TOMBSTONE))
+}
+
+fn read_i64(storage: &Storage, key: &[u8]) -> Result<Option<i64>, StorageError> {
+    match storage.get(Cf::Meta, key)? {
+        None => Ok(None),
+        Some(b) if b.len() == 8 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b);
+            Ok(Some(i64::from_be_bytes(a)))
+        }
+        Some(_) => Err(StorageError::Corrupt {
+            cf: "meta",
+            detail: format!("bad length for {}", String::from_utf8_lossy(key)),
+        }),
+    }
+}
+
+impl Mvcc {
+    /// Opens the store over `storage`, rebuilding the key index from the `kv` column family.
+    pub fn open(storage: Storage) -> Result<Arc<Mvcc>, StorageError> {
+        let index = Self::load_index(&storage)?;
+        Ok(Arc::new(Mvcc {
+            storage,
+            index: RwLock::new(index),
+        }))
+    }
+
+    fn load_index(storage: &Storage) -> Result<Index, StorageError> {
+        let mut index = Index::default();
+        let compacted = read_i64(storage, META_COMPACT_REV)?.unwrap_or(0);
+        let current = read_i64(storage, META_CURRENT_REV)?.unwrap_or(1);
+        let mut max_seen = 1;
+        storage.scan(Cf::Kv, &[], None, |k, v| {
+            let rev = Revision::from_bytes(k).ok_or_else(|| StorageError::Corrupt {
+                cf: "kv",
+                detail: "bad revision key".to_string(),
+            })?;
+            let (kv, tombstone) = decode_value(v)?;
+            let kind = if tombstone {
+                EventKind::Tombstone
+            } else {
+                EventKind::Put {
+                    create: kv.create_revision,
+                    version: kv.version,
+                    lease: kv.lease,
+                }
+            };
+            index.push(&kv.key, KeyEvent { rev, kind });
+            max_seen = max_seen.max(rev.main);
+            Ok(true)
+        })?;
+        index.compacted = compacted;
+        index.current = current.max(max_seen).max(compacted);
+        Ok(index)
+    }
+
+    /// Reloads the index from storage (after a snapshot replaced the data).
+    pub fn reload(&self) -> Result<(), StorageError> {
+        let fresh = Self::load_index(&self.storage)?;
+        *self.index.write() = fresh;
+        Ok(())
+    }
+
+    /// The current revision.
+    pub fn current_revision(&self) -> i64 {
+        self.index.read().current
+    }
+
+    /// The compacted revision (0 when never compacted).
+    pub fn compacted_revision(&self) -> i64 {
+        self.index.read().compacted
+    }
+
+    /// Serves a Range as etcd does: revision checks, count, filters, sorting, limit.
+    pub fn range(&self, r: &RangeRequest) -> Result<RangeResult, ReadError> {
+        let index = self.index.read();
+        let current = index.current;
+        range_in(&index, current, &self.storage, None, r)
+    }
+
+    /// Starts a write: takes the index's write lock until [`Writer::commit`].
+    pub fn writer(&self) -> Writer<'_> {
+        Writer {
+            mvcc: self,
+            index: self.index.write(),
+            pending: HashMap::new(),
+            batch: Batch::new(),
+        }
+    }
+}
+
+fn fetch_values(
+    storage: &Storage,
+    pending: Option<&HashMap<Revision, KeyValue>>,
+    vis: &[Visible],
+) -> Result<Vec<KeyValue>, StorageError> {
+    let mut out: Vec<Option<KeyValue>> = vec![None; vis.len()];
+    let mut missing_keys = Vec::new();
+    let mut missing_pos = Vec::new();
+    for (i, v) in vis.iter().enumerate() {
+        if let Some(kv) = pending.and_then(|p| p.get(&v.rev)) {
+            out[i] = Some(kv.clone());
+        } else {
+            missing_keys.push(v.rev.to_bytes().to_vec());
+            missing_pos.push(i);
+        }
+    }
+    if !missing_keys.is_empty() {
+        let got = storage.multi_get(Cf::Kv, &missing_keys)?;
+        for (pos, raw) in missing_pos.into_iter().zip(got) {
+            let raw = raw.ok_or_else(|| StorageError::Corrupt {
+                cf: "kv",
+                detail: format!("indexed revision {:?} has no value", vis[pos].rev),
+            })?;
+            out[pos] = Some(decode_value(&raw)?.0);
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+fn range_in(
+    index: &Index,
+    view: i64,
+    storage: &Storage,
+    pending: Option<&HashMap<Revision, KeyValue>>,
+    r: &RangeRequest,
+) -> Result<RangeResult, ReadError> {
+    let mut rev = r.revision;
+    if rev > view {
+        return Err(MvccError::FutureRevision.into());
+    }
+    if rev <= 0 {
+        rev = view;
+    }
+    if rev < index.compacted {
+        return Err(MvccError::Compacted.into());
+    }
+    let sort_order = SortOrder::try_from(r.sort_order).unwrap_or(SortOrder::None);
+    let sort_target = SortTarget::try_from(r.sort_target).unwrap_or(SortTarget::Key);
+    let filtered = r.min_mod_revision != 0
+        || r.max_mod_revision != 0
+        || r.min_create_revision != 0
+        || r.max_create_revision != 0;
+    let mut vis = index.range(&r.key, &r.range_end, rev);
+    let count = vis.len() as i64;
+    if r.count_only {
+        return Ok(RangeResult {
+            kvs: Vec::new(),
+            more: false,
+            count,
+            header_revision: view,
+        });
+    }
+    // Push the limit down only when nothing reorders or drops keys afterwards.
+    if r.limit > 0 && sort_order == SortOrder::None && !filtered {
+        let keep = (r.limit as usize).saturating_add(1);
+        vis.truncate(keep);
+    }
+    // Filters need only the index, so apply them before fetching values.
+    vis.retain(|v| {
+        !(r.max_mod_revision != 0 && v.rev.main > r.max_mod_revision
+            || r.min_mod_revision != 0 && v.rev.main < r.min_mod_revision
+            || r.max_create_revision != 0 && v.create > r.max_create_revision
+            || r.min_create_revision != 0 && v.create < r.min_create_revision)
+    });
+    let mut kvs = if r.keys_only && sort_target != SortTarget::Value {
+        vis.iter()
+            .map(|v| KeyValue {
+                key: v.key.clone(),
+                create_revision: v.create,
+                mod_revision: v.rev.main,
+                version: v.version,
+                value: Vec::new(),
+                lease: v.lease,
+            })
+            .collect()
+    } else {
+        fetch_values(storage, pending, &vis)?
+    };
+    let order = match (sort_target, sort_order) {
+        (SortTarget::Key, SortOrder::Ascend) => SortOrder::None,
+        (t, SortOrder::None) if t != SortTarget::Key => SortOrder::Ascend,
+        (_, o) => o,
+    };
+    if order != SortOrder::None {
+        let cmp = |a: &KeyValue, b: &KeyValue| match sort_target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        };
+        if order == SortOrder::Descend {
+            kvs.sort_by(|a, b| cmp(b, a));
+        } else {
+            kvs.sort_by(cmp);
+        }
+    }
+    let mut more = false;
+    if r.limit > 0 && kvs.len() > r.limit as usize {
+        kvs.truncate(r.limit as usize);
+        more = true;
+    }
+    if r.keys_only {
+        for kv in &mut kvs {
+            kv.value = Vec::new();
+        }
+    }
+    Ok(RangeResult {
+        kvs,
+        more,
+        count,
+        header_revision: view,
+    })
+}
+
+/// The bookkeeping of one write transaction inside a [`Writer`].
+#[derive(Debug, Clone, Copy)]
+pub struct TxnState {
+    begin: i64,
+    changes: i64,
+}
+
+impl TxnState {
+    /// The revision reads inside the transaction see.
+    pub fn view(&self) -> i64 {
+        if self.changes > 0 {
+            self.begin + 1
+        } else {
+            self.begin
+        }
+    }
+
+    /// Whether the transaction changed anything.
+    pub fn changed(&self) -> bool {
+        self.changes > 0
+    }
+}
+
+/// Exclusive access to the store for applying a batch of writes atomically.
+pub struct Writer<'a> {
+    mvcc: &'a Mvcc,
+    index: RwLockWriteGuard<'a, Index>,
+    pending: HashMap<Revision, KeyValue>,
+    batch: Batch,
+}
+
+impl Writer<'_> {
+    /// Begins a write transaction at the current revision.
+    pub fn begin(&self) -> TxnState {
+        TxnState {
+            begin: self.index.current,
+            changes: 0,
+        }
+    }
+
+    /// Ends a write transaction: the revision rises by one when it changed anything.
+    pub fn end(&mut self, t: TxnState) -> i64 {
+        if t.changed() {
+            self.index.current = t.begin + 1;
+        }
+        self.index.current
+    }
+
+    /// The compacted revision.
+    pub fn compacted(&self) -> i64 {
+        self.index.compacted
+    }
+
+    /// The batch the writes go into; other layers add their own writes to it.
+    pub fn batch_mut(&mut self) -> &mut Batch {
+        &mut self.batch
+    }
+
+    /// The key as visible inside the transaction.
+    pub fn get(&self, t: &TxnState, key: &[u8]) -> Option<Visible> {
+        self.index.get(key, t.view())
+    }
+
+    /// The keys in range as visible inside the transaction.
+    pub fn visible(&self, t: &TxnState, key: &[u8], range_end: &[u8]) -> Vec<Visible> {
+        self.index.range(key, range_end, t.view())
+    }
+
+    /// Fetches the full key-values of visible keys.
+    pub fn values(&self, vis: &[Visible]) -> Result<Vec<KeyValue>, StorageError> {
+        fetch_values(&self.mvcc.storage, Some(&self.pending), vis)
+    }
+
+    /// A Range inside the transaction.
+    pub fn range(&self, t: &TxnState, r: &RangeRequest) -> Result<RangeResult, ReadError> {
+        range_in(
+            &self.index,
+            t.view(),
+            &self.mvcc.storage,
+            Some(&self.pending),
+            r,
+        )
+    }
+
+    /// Puts `key` inside the transaction and returns the new revision.
+    pub fn put(&mut self, t: &mut TxnState, key: &[u8], value: Vec<u8>, lease: i64) -> i64 {
+        let main = t.begin + 1;
+        let rev = Revision::new(main, t.changes);
+        t.changes += 1;
+        let (create, version) = match self.index.get(key, main) {
+            Some(v) => (v.create, v.version + 1),
+            None => (main, 1),
+        };
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision: create,
+            mod_revision: main,
+            version,
+            value,
+            lease,
+        };
+        self.batch
+            .put(Cf::Kv, rev.to_bytes().to_vec(), encode_value(&kv, false));
+        self.index.push(
+            key,
+            KeyEvent {
+                rev,
+                kind: EventKind::Put {
+                    create,
+                    version,
+                    lease,
+                },
+            },
+        );
+        self.pending.insert(rev, kv);
+        main
+    }
+
+    /// Deletes the keys in range inside the transaction; returns the deleted keys as they were.
+    pub fn delete_range(
+        &mut self,
+        t: &mut TxnState,
+        key: &[u8],
+        range_end: &[u8],
+        want_prev: bool,
+    ) -> Result<(i64, Vec<KeyValue>), StorageError> {
+        let vis = self.visible(t, key, range_end);
+        let prev = if want_prev {
+            self.values(&vis)?
+        } else {
+            Vec::new()
+        };
+        let main = t.begin + 1;
+        for v in &vis {
+            let rev = Revision::new(main, t.changes);
+            t.changes += 1;
+            let tomb = KeyValue {
+                key: v.key.clone(),
+                mod_revision: main,
+                ..Default::default()
+            };
+            self.batch
+                .put(Cf::Kv, rev.to_bytes().to_vec(), encode_value(&tomb, true));
+            self.index.push(
+                &v.key,
+                KeyEvent {
+                    rev,
+                    kind: EventKind::Tombstone,
+                },
+            );
+        }
+        Ok((vis.len() as i64, prev))
+    }
+
+    /// Compacts the history below `rev`, deleting the values no read can reach any more.
+    pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
+        if rev <= self.index.compacted {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.index.current {
+            return Err(MvccError::FutureRevision);
+        }
+        for dropped in self.index.compact(rev) {
+            self.pending.remove(&dropped);
+            self.batch.delete(Cf::Kv, dropped.to_bytes().to_vec());
+        }
+        self.batch.put(
+            Cf::Meta,
+            META_COMPACT_REV.to_vec(),
+            rev.to_be_bytes().to_vec(),
+        );
+        Ok(())
+    }
+
+    /// Writes the batch (with the current revision) and releases the index.
+    pub fn commit(mut self) -> Result<(), StorageError> {
+        let current = self.index.current;
+        self.batch.put(
+            Cf::Meta,
+            META_CURRENT_REV.to_vec(),
+            current.to_be_bytes().to_vec(),
+        );
+        let batch = std::mem::take(&mut self.batch);
+        self.mvcc.storage.write(batch, false)
+    }
+}
+
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,34 @@
+//! etcd's client API, generated at build time from `proto/` (see `build.rs`).
+//!
+//! Invariant: the package names (`etcdserverpb`, `mvccpb`, `authpb`, `v3lockpb`, `v3electionpb`) are
+//! part of every gRPC method path and must stay exactly as etcd's.
+
+/// etcd's MVCC types: `KeyValue` and `Event`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's authentication types: users, roles, permissions.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// etcd's v3 services: KV, Watch, Lease, Cluster, Maintenance, Auth.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd's server-side lock service.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's server-side election service.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}

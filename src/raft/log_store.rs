@@ -1,0 +1,223 @@
+//! The raft log in RocksDB (`raft_log`, `raft_meta`).
+//!
+//! Invariants:
+//! - An append is written at once (so readers see it) and acknowledged to openraft only after an
+//!   fsync of the write-ahead log; one fsync covers every append waiting at that moment (group
+//!   commit on a dedicated thread).
+//! - The vote is written with a sync write before `save_vote` returns.
+//! - All writes go through one RocksDB instance in call order, so vote and log I/O stay serialized.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
+
+use super::TypeConfig;
+use crate::storage::{Batch, Cf, Storage};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_PURGED: &[u8] = b"purged";
+
+type SErr = StorageError<u64>;
+
+fn idx_key(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> SErr {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> SErr {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+/// The log store; cheap to clone (clones share the same RocksDB and sync thread).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: Storage,
+    syncer: parking_lot::Mutex<mpsc::Sender<LogFlushed<TypeConfig>>>,
+}
+
+impl LogStore {
+    /// Opens the log over `storage` and starts its sync thread.
+    pub fn new(storage: Storage) -> io::Result<LogStore> {
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let sync_storage = storage.clone();
+        std::thread::Builder::new()
+            .name("oxcd-log-sync".to_string())
+            .spawn(move || {
+                // Ends when every sender is gone.
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        waiting.push(more);
+                    }
+                    let res = sync_storage.sync_wal();
+                    for cb in waiting {
+                        let r = match &res {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(io::Error::other(e.to_string())),
+                        };
+                        cb.log_io_completed(r);
+                    }
+                }
+            })?;
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                storage,
+                syncer: parking_lot::Mutex::new(tx),
+            }),
+        })
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, SErr> {
+        match self
+            .inner
+            .storage
+            .get(Cf::RaftMeta, key)
+            .map_err(read_err)?
+        {
+            None => Ok(None),
+            Some(b) => bincode::deserialize(&b).map(Some).map_err(read_err),
+        }
+    }
+
+    fn decode(raw: &[u8]) -> Result<Entry<TypeConfig>, SErr> {
+        bincode::deserialize(raw).map_err(read_err)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => Some(e.saturating_add(1)),
+            Bound::Excluded(&e) => Some(e),
+            Bound::Unbounded => None,
+        };
+        let end_key = end.map(idx_key);
+        let mut out = Vec::new();
+        self.inner
+            .storage
+            .scan(
+                Cf::RaftLog,
+                &idx_key(start),
+                end_key.as_ref().map(|k| k.as_slice()),
+                |_, v| {
+                    out.push(v.to_vec());
+                    Ok(true)
+                },
+            )
+            .map_err(read_err)?;
+        out.iter().map(|raw| Self::decode(raw)).collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
+        let last_purged = self.read_meta::<Option<LogId<u64>>>(KEY_PURGED)?.flatten();
+        let last = match self.inner.storage.last(Cf::RaftLog).map_err(read_err)? {
+            Some((_, v)) => Some(Self::decode(&v)?.log_id),
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), SErr> {
+        let mut b = Batch::new();
+        b.put(
+            Cf::RaftMeta,
+            KEY_VOTE.to_vec(),
+            bincode::serialize(vote).map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?,
+        );
+        self.inner
+            .storage
+            .write(b, true)
+            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, SErr> {
+        self.read_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), SErr> {
+        let mut b = Batch::new();
+        b.put(
+            Cf::RaftMeta,
+            KEY_COMMITTED.to_vec(),
+            bincode::serialize(&committed).map_err(write_err)?,
+        );
+        self.inner.storage.write(b, false).map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, SErr> {
+        Ok(self
+            .read_meta::<Option<LogId<u64>>>(KEY_COMMITTED)?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut b = Batch::new();
+        for e in entries {
+            let raw = bincode::serialize(&e).map_err(write_err)?;
+            b.put(Cf::RaftLog, idx_key(e.log_id.index).to_vec(), raw);
+        }
+        self.inner.storage.write(b, false).map_err(write_err)?;
+        self.inner
+            .syncer
+            .lock()
+            .send(callback)
+            .map_err(|_| write_err(io::Error::other("log sync thread stopped")))
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
+        let mut b = Batch::new();
+        b.delete_range(Cf::RaftLog, idx_key(log_id.index).to_vec(), vec![0xff; 9]);
+        self.inner.storage.write(b, true).map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
+        let mut b = Batch::new();
+        b.put(
+            Cf::RaftMeta,
+            KEY_PURGED.to_vec(),
+            bincode::serialize(&Some(log_id)).map_err(write_err)?,
+        );
+        b.delete_range(
+            Cf::RaftLog,
+            idx_key(0).to_vec(),
+            idx_key(log_id.index.saturating_add(1)).to_vec(),
+        );
+        self.inner.storage.write(b, false).map_err(write_err)
+    }
+}

@@ -1,0 +1,221 @@
+//! The openraft state machine over [`crate::apply`] and [`crate::mvcc`].
+//!
+//! Invariants:
+//! - One `apply` call is one RocksDB batch: the data, the last applied log id and any membership
+//!   change commit together (etcd's 3.5.0-3.5.2 inconsistency came from splitting them).
+//! - A snapshot is a consistent copy of the state-machine column families; its log id and
+//!   membership are read from that same copy, never from memory.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use parking_lot::Mutex;
+
+use super::TypeConfig;
+use crate::apply::{apply_op, Applied};
+use crate::mvcc::Mvcc;
+use crate::storage::{Batch, Cf, Storage};
+use crate::types::Member;
+
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+
+type SErr = StorageError<u64>;
+type Membership = StoredMembership<u64, Member>;
+
+fn sm_write_err(e: impl std::error::Error + 'static) -> SErr {
+    StorageIOError::write_state_machine(AnyError::new(&e)).into()
+}
+
+fn sm_read_err(e: impl std::error::Error + 'static) -> SErr {
+    StorageIOError::read_state_machine(AnyError::new(&e)).into()
+}
+
+fn snap_err(e: impl std::error::Error + 'static) -> SErr {
+    StorageIOError::read_snapshot(None, AnyError::new(&e)).into()
+}
+
+#[derive(Default)]
+struct State {
+    applied: Option<LogId<u64>>,
+    membership: Membership,
+    snapshot: Option<(SnapshotMeta<u64, Member>, Vec<u8>)>,
+}
+
+/// The state machine; clones share state.
+#[derive(Clone)]
+pub struct StateMachine {
+    storage: Storage,
+    mvcc: Arc<Mvcc>,
+    state: Arc<Mutex<State>>,
+}
+
+fn read_applied(storage: &Storage) -> Result<(Option<LogId<u64>>, Membership), SErr> {
+    let applied = match storage.get(Cf::Meta, KEY_APPLIED).map_err(sm_read_err)? {
+        Some(b) => bincode::deserialize::<Option<LogId<u64>>>(&b).map_err(sm_read_err)?,
+        None => None,
+    };
+    let membership = match storage.get(Cf::Meta, KEY_MEMBERSHIP).map_err(sm_read_err)? {
+        Some(b) => bincode::deserialize::<Membership>(&b).map_err(sm_read_err)?,
+        None => Membership::default(),
+    };
+    Ok((applied, membership))
+}
+
+impl StateMachine {
+    /// Opens the state machine over the member's storage and store.
+    pub fn open(storage: Storage, mvcc: Arc<Mvcc>) -> Result<StateMachine, SErr> {
+        let (applied, membership) = read_applied(&storage)?;
+        Ok(StateMachine {
+            storage,
+            mvcc,
+            state: Arc::new(Mutex::new(State {
+                applied,
+                membership,
+                snapshot: None,
+            })),
+        })
+    }
+
+    /// The log id of the last applied entry.
+    pub fn applied(&self) -> Option<LogId<u64>> {
+        self.state.lock().applied
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let rows = self.storage.export(&Cf::STATE_MACHINE).map_err(snap_err)?;
+        let mut applied = None;
+        let mut membership = Membership::default();
+        for (cf, k, v) in &rows {
+            if *cf == Cf::Meta && k.as_slice() == KEY_APPLIED {
+                applied = bincode::deserialize::<Option<LogId<u64>>>(v).map_err(snap_err)?;
+            }
+            if *cf == Cf::Meta && k.as_slice() == KEY_MEMBERSHIP {
+                membership = bincode::deserialize::<Membership>(v).map_err(snap_err)?;
+            }
+        }
+        let tagged: Vec<(u8, &[u8], &[u8])> = rows
+            .iter()
+            .map(|(cf, k, v)| (cf.tag(), k.as_slice(), v.as_slice()))
+            .collect();
+        let data = bincode::serialize(&tagged).map_err(snap_err)?;
+        let snapshot_id = match applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
+            None => format!("0-0-{}", data.len()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        self.state.lock().snapshot = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<u64>>, Membership), SErr> {
+        let st = self.state.lock();
+        Ok((st.applied, st.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut new_membership = None;
+        let mut w = self.mvcc.writer();
+        for e in entries {
+            last = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => out.push(Applied::Nothing),
+                EntryPayload::Normal(op) => out.push(apply_op(&mut w, &op).map_err(sm_write_err)?),
+                EntryPayload::Membership(m) => {
+                    let stored = Membership::new(Some(e.log_id), m);
+                    w.batch_mut().put(
+                        Cf::Meta,
+                        KEY_MEMBERSHIP.to_vec(),
+                        bincode::serialize(&stored).map_err(sm_write_err)?,
+                    );
+                    new_membership = Some(stored);
+                    out.push(Applied::Nothing);
+                }
+            }
+        }
+        if let Some(l) = last {
+            w.batch_mut().put(
+                Cf::Meta,
+                KEY_APPLIED.to_vec(),
+                bincode::serialize(&Some(l)).map_err(sm_write_err)?,
+            );
+        }
+        w.commit().map_err(sm_write_err)?;
+        let mut st = self.state.lock();
+        if last.is_some() {
+            st.applied = last;
+        }
+        if let Some(m) = new_membership {
+            st.membership = m;
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, Member>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let data = snapshot.into_inner();
+        let rows: Vec<(u8, Vec<u8>, Vec<u8>)> = bincode::deserialize(&data).map_err(snap_err)?;
+        let mut b = Batch::new();
+        for cf in Cf::STATE_MACHINE {
+            self.storage.clear_into(cf, &mut b).map_err(sm_write_err)?;
+        }
+        for (tag, k, v) in rows {
+            let cf = Cf::from_tag(tag).ok_or_else(|| {
+                snap_err(std::io::Error::other(format!(
+                    "unknown column family tag {tag}"
+                )))
+            })?;
+            b.put(cf, k, v);
+        }
+        self.storage.write(b, true).map_err(sm_write_err)?;
+        self.mvcc.reload().map_err(sm_write_err)?;
+        let mut st = self.state.lock();
+        st.applied = meta.last_log_id;
+        st.membership = meta.last_membership.clone();
+        st.snapshot = Some((meta.clone(), data));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        let st = self.state.lock();
+        Ok(st.snapshot.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(data.clone())),
+        }))
+    }
+}

@@ -1,0 +1,144 @@
+//! The one place that turns errors into etcd's gRPC codes and exact message strings; etcd's clients
+//! match errors by their text.
+
+use tonic::{Code, Status};
+
+use crate::mvcc::{MvccError, ReadError};
+use crate::raft::ProposeError;
+use crate::storage::StorageError;
+
+/// An error as etcd reports it to clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    /// Empty key.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// `ignore_value` with a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// `ignore_lease` with a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// Too many ops in a transaction.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// Overlapping writes in one transaction branch.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// Unknown sort order or target.
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    /// Request over `--max-request-bytes`.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// Revision compacted.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// Revision in the future.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// `ignore_*` on a missing key.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// Unknown lease.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// No leader.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// Not the leader.
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    /// Stopped.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// Timed out.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// An internal failure (storage); the member logs it loudly.
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl EtcdError {
+    /// etcd's gRPC code for this error.
+    pub fn code(&self) -> Code {
+        use EtcdError::*;
+        match self {
+            EmptyKey | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | InvalidSortOption | RequestTooLarge | KeyNotFound => Code::InvalidArgument,
+            Compacted | FutureRevision => Code::OutOfRange,
+            LeaseNotFound => Code::NotFound,
+            NoLeader | Stopped | Timeout => Code::Unavailable,
+            NotLeader => Code::FailedPrecondition,
+            Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(e: EtcdError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<MvccError> for EtcdError {
+    fn from(e: MvccError) -> EtcdError {
+        match e {
+            MvccError::Compacted => EtcdError::Compacted,
+            MvccError::FutureRevision => EtcdError::FutureRevision,
+            MvccError::KeyNotFound => EtcdError::KeyNotFound,
+            MvccError::LeaseNotFound => EtcdError::LeaseNotFound,
+        }
+    }
+}
+
+impl From<StorageError> for EtcdError {
+    fn from(e: StorageError) -> EtcdError {
+        tracing::error!(error = %e, "storage failure while serving a request");
+        EtcdError::Internal(e.to_string())
+    }
+}
+
+impl From<ReadError> for EtcdError {
+    fn from(e: ReadError) -> EtcdError {
+        match e {
+            ReadError::Mvcc(m) => m.into(),
+            ReadError::Storage(s) => s.into(),
+        }
+    }
+}
+
+impl From<ProposeError> for EtcdError {
+    fn from(e: ProposeError) -> EtcdError {
+        match e {
+            ProposeError::NoLeader => EtcdError::NoLeader,
+            ProposeError::NotLeader(_) => EtcdError::NotLeader,
+            ProposeError::Stopped => EtcdError::Stopped,
+            ProposeError::Timeout => EtcdError::Timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_strings_match_etcd() {
+        let s: Status = EtcdError::Compacted.into();
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s: Status = EtcdError::LeaseNotFound.into();
+        assert_eq!(s.code(), Code::NotFound);
+        let s: Status = EtcdError::TooManyOps.into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(
+            s.message(),
+            "etcdserver: too many operations in txn request"
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::error::EtcdError;
+use super::validate;
+use crate::apply::{Applied, Op, Pb};
+use crate::node::Node;
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+};
+
+/// The KV service.
+#[derive(Clone, Debug)]
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+impl KvService {
+    /// A KV service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        KvService { node }
+    }
+
+    fn header(&self, partial: Option<ResponseHeader>) -> Option<ResponseHeader> {
+        let rev = partial.map(|h| h.revision).unwrap_or(0);
+        Some(self.node.header(rev))
+    }
+
+    async fn propose(&self, op: Op) -> Result<Applied, EtcdError> {
+        match self.node.propose(op).await? {
+            Applied::Failed(e) => Err(e.into()),
+            other => Ok(other),
+        }
+    }
+
+    /// Serves a Range (shared with the gateway later).
+    pub async fn do_range(&self, r: RangeRequest) -> Result<RangeResponse, EtcdError> {
+        validate::range(&r)?;
+        if !r.serializable {
+            self.node.linearizable_barrier().await?;
+        }
+        let res = self.node.mvcc.range(&r)?;
+        Ok(RangeResponse {
+            header: Some(self.node.header(res.header_revision)),
+            kvs: res.kvs,
+            more: res.more,
+            count: res.count,
+        })
+    }
+
+    /// Serves a Put.
+    pub async fn do_put(&self, r: PutRequest) -> Result<PutResponse, EtcdError> {
+        validate::put(&r)?;
+        validate::size(&r, self.node.settings.max_request_bytes)?;
+        match self.propose(Op::Put(Pb(r))).await? {
+            Applied::Put(Pb(mut resp)) => {
+                resp.header = self.header(resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Serves a DeleteRange.
+    pub async fn do_delete(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse, EtcdError> {
+        validate::delete(&r)?;
+        validate::size(&r, self.node.settings.max_request_bytes)?;
+        match self.propose(Op::DeleteRange(Pb(r))).await? {
+            Applied::DeleteRange(Pb(mut resp)) => {
+                resp.header = self.header(resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Serves a Txn.
+    pub async fn do_txn(&self, r: TxnRequest) -> Result<TxnResponse, EtcdError> {
+        validate::txn(&r, self.node.settings.max_txn_ops)?;
+        validate::size(&r, self.node.settings.max_request_bytes)?;
+        match self.propose(Op::Txn(Pb(r))).await? {
+            Applied::Txn(Pb(mut resp)) => {
+                resp.header = self.header(resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Serves a Compact.
+    pub async fn do_compact(&self, r: CompactionRequest) -> Result<CompactionResponse, EtcdError> {
+        match self.propose(Op::Compact(Pb(r))).await? {
+            Applied::Compacted { revision } => Ok(CompactionResponse {
+                header: Some(self.node.header(revision)),
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(a: &Applied) -> EtcdError {
+    tracing::error!(?a, "apply returned a result of the wrong kind");
+    EtcdError::Internal("unexpected apply result".to_string())
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        Ok(Response::new(self.do_range(request.into_inner()).await?))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        Ok(Response::new(self.do_put(request.into_inner()).await?))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        Ok(Response::new(self.do_delete(request.into_inner()).await?))
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        Ok(Response::new(self.do_txn(request.into_inner()).await?))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        Ok(Response::new(self.do_compact(request.into_inner()).await?))
+    }
+}

@@ -1,0 +1,375 @@
+//! The only user of RocksDB: one instance per member, column families mirroring etcd's buckets.
+//!
+//! Invariants:
+//! - A [`Batch`] is applied atomically; callers put the data and the bookkeeping that must agree
+//!   with it (applied log id, compact revision, membership) into the same batch.
+//! - A write with `durable = true` is fsynced before [`Storage::write`] returns; [`Storage::sync_wal`]
+//!   makes every earlier write durable with one fsync, which is how log appends share a sync.
+//! - Errors are [`StorageError`]s; callers treat them as fatal for the member.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+/// A column family: one per kind of state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cf {
+    /// Raft log entries by index.
+    RaftLog,
+    /// Raft vote, committed and purged log ids.
+    RaftMeta,
+    /// Revision -> key-value (or tombstone).
+    Kv,
+    /// Applied log id, membership, compact revision, identity.
+    Meta,
+    /// Leases.
+    Lease,
+    /// Users and roles.
+    Auth,
+    /// Cluster members.
+    Members,
+    /// Active alarms.
+    Alarm,
+}
+
+impl Cf {
+    /// Every column family, in a fixed order.
+    pub const ALL: [Cf; 8] = [
+        Cf::RaftLog,
+        Cf::RaftMeta,
+        Cf::Kv,
+        Cf::Meta,
+        Cf::Lease,
+        Cf::Auth,
+        Cf::Members,
+        Cf::Alarm,
+    ];
+
+    /// The column families that make up the replicated state machine (what a snapshot carries).
+    pub const STATE_MACHINE: [Cf; 6] = [
+        Cf::Kv,
+        Cf::Meta,
+        Cf::Lease,
+        Cf::Auth,
+        Cf::Members,
+        Cf::Alarm,
+    ];
+
+    /// The RocksDB name of the column family.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::RaftLog => "raft_log",
+            Cf::RaftMeta => "raft_meta",
+            Cf::Kv => "kv",
+            Cf::Meta => "meta",
+            Cf::Lease => "lease",
+            Cf::Auth => "auth",
+            Cf::Members => "members",
+            Cf::Alarm => "alarm",
+        }
+    }
+
+    /// The stable one-byte tag used in snapshots.
+    pub fn tag(self) -> u8 {
+        match self {
+            Cf::RaftLog => 0,
+            Cf::RaftMeta => 1,
+            Cf::Kv => 2,
+            Cf::Meta => 3,
+            Cf::Lease => 4,
+            Cf::Auth => 5,
+            Cf::Members => 6,
+            Cf::Alarm => 7,
+        }
+    }
+
+    /// The column family with the given snapshot tag.
+    pub fn from_tag(tag: u8) -> Option<Cf> {
+        Cf::ALL.into_iter().find(|c| c.tag() == tag)
+    }
+}
+
+/// A storage failure. The member stops on one: its state can no longer be trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// RocksDB reported an error.
+    #[error("rocksdb error: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A column family that must exist is missing.
+    #[error("column family {0} is missing")]
+    MissingCf(&'static str),
+    /// Stored bytes could not be decoded.
+    #[error("corrupt data in {cf}: {detail}")]
+    Corrupt {
+        /// The column family.
+        cf: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// An atomic set of writes across column families.
+#[derive(Default, Debug)]
+pub struct Batch {
+    ops: Vec<BatchOp>,
+}
+
+#[derive(Debug)]
+enum BatchOp {
+    Put(Cf, Vec<u8>, Vec<u8>),
+    Delete(Cf, Vec<u8>),
+    DeleteRange(Cf, Vec<u8>, Vec<u8>),
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to `value` in `cf`.
+    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(BatchOp::Put(cf, key.into(), value.into()));
+    }
+
+    /// Deletes `key` from `cf`.
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
+        self.ops.push(BatchOp::Delete(cf, key.into()));
+    }
+
+    /// Deletes the keys in `[from, to)` from `cf`.
+    pub fn delete_range(&mut self, cf: Cf, from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>) {
+        self.ops
+            .push(BatchOp::DeleteRange(cf, from.into(), to.into()));
+    }
+
+    /// Whether the batch has no writes.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The number of writes in the batch.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+/// A handle to the member's RocksDB instance; cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    db: Arc<DB>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("path", &self.path).finish()
+    }
+}
+
+impl Storage {
+    /// Opens (creating if needed) the RocksDB instance at `path` with every column family.
+    pub fn open(path: &Path) -> Result<Storage, StorageError> {
+        std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Storage {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The directory RocksDB lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn handle(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        self.db
+            .cf_handle(cf.name())
+            .ok_or(StorageError::MissingCf(cf.name()))
+    }
+
+    /// Reads one key.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.handle(cf)?, key)?)
+    }
+
+    /// Reads many keys of one column family at once, in order.
+    pub fn multi_get(
+        &self,
+        cf: Cf,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let h = self.handle(cf)?;
+        self.db
+            .batched_multi_get_cf(h, keys.iter(), false)
+            .into_iter()
+            .map(|r| r.map(|o| o.map(|s| s.to_vec())).map_err(StorageError::from))
+            .collect()
+    }
+
+    /// Visits the keys of `cf` in `[from, to)` (to the end when `to` is `None`) in ascending order,
+    /// until `visit` returns `false`.
+    pub fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StorageError>,
+    ) -> Result<(), StorageError> {
+        let it = self.db.iterator_cf(
+            self.handle(cf)?,
+            IteratorMode::From(from, rocksdb::Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if let Some(to) = to {
+                if k.as_ref() >= to {
+                    break;
+                }
+            }
+            if !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last key and value of `cf`, if any.
+    pub fn last(&self, cf: Cf) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let mut it = self.db.iterator_cf(self.handle(cf)?, IteratorMode::End);
+        match it.next() {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The first key and value of `cf`, if any.
+    pub fn first(&self, cf: Cf) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let mut it = self.db.iterator_cf(self.handle(cf)?, IteratorMode::Start);
+        match it.next() {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Applies `batch` atomically; with `durable` the write is fsynced before returning.
+    pub fn write(&self, batch: Batch, durable: bool) -> Result<(), StorageError> {
+        let mut wb = WriteBatch::default();
+        for op in batch.ops {
+            match op {
+                BatchOp::Put(cf, k, v) => wb.put_cf(self.handle(cf)?, k, v),
+                BatchOp::Delete(cf, k) => wb.delete_cf(self.handle(cf)?, k),
+                BatchOp::DeleteRange(cf, from, to) => {
+                    wb.delete_range_cf(self.handle(cf)?, from, to)
+                }
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(durable);
+        self.db.write_opt(wb, &wo)?;
+        Ok(())
+    }
+
+    /// Makes every earlier write durable with one fsync of the write-ahead log.
+    pub fn sync_wal(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// Reads every key and value of the given column families from one consistent point in time.
+    pub fn export(&self, cfs: &[Cf]) -> Result<Vec<(Cf, Vec<u8>, Vec<u8>)>, StorageError> {
+        let snap = self.db.snapshot();
+        let mut out = Vec::new();
+        for &cf in cfs {
+            for item in snap.iterator_cf(self.handle(cf)?, IteratorMode::Start) {
+                let (k, v) = item?;
+                out.push((cf, k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds, to `batch`, the deletion of every key in `cf`.
+    pub fn clear_into(&self, cf: Cf, batch: &mut Batch) -> Result<(), StorageError> {
+        if let Some((last, _)) = self.last(cf)? {
+            let mut end = last;
+            end.push(0);
+            batch.delete_range(cf, Vec::new(), end);
+        }
+        Ok(())
+    }
+
+    /// The approximate size on disk of the live data, in bytes.
+    pub fn size_on_disk(&self) -> Result<u64, StorageError> {
+        let mut total = 0u64;
+        for cf in Cf::ALL {
+            let h = self.handle(cf)?;
+            total += self
+                .db
+                .property_int_value_cf(h, "rocksdb.total-sst-files-size")?
+                .unwrap_or(0);
+            total += self
+                .db
+                .property_int_value_cf(h, "rocksdb.size-all-mem-tables")?
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_is_atomic_and_scannable() -> Result<(), StorageError> {
+        let dir = tempfile::tempdir().map_err(|source| StorageError::Io {
+            path: PathBuf::new(),
+            source,
+        })?;
+        let s = Storage::open(dir.path())?;
+        let mut b = Batch::new();
+        b.put(Cf::Kv, b"a".to_vec(), b"1".to_vec());
+        b.put(Cf::Kv, b"b".to_vec(), b"2".to_vec());
+        b.put(Cf::Meta, b"m".to_vec(), b"x".to_vec());
+        s.write(b, true)?;
+        let mut seen = Vec::new();
+        s.scan(Cf::Kv, b"", None, |k, _| {
+            seen.push(k.to_vec());
+            Ok(true)
+        })?;
+        assert_eq!(seen, vec![b"a".to_vec(), b"b".to_vec()]);
+        let mut b = Batch::new();
+        s.clear_into(Cf::Kv, &mut b)?;
+        s.write(b, false)?;
+        assert_eq!(s.get(Cf::Kv, b"a")?, None);
+        assert_eq!(s.get(Cf::Meta, b"m")?, Some(b"x".to_vec()));
+        Ok(())
+    }
+}
