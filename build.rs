@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/api/etcdserverpb/rpc.proto",
         "proto/etcd/api/v3lockpb/v3lock.proto",
         "proto/etcd/api/v3electionpb/v3election.proto",
+        "proto/raftpb/peer.proto",
     ];
     tonic_prost_build::configure()
         .build_server(true)

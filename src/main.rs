@@ -94,8 +94,18 @@ async fn run(settings: oxcd::config::Settings) -> Result<(), Box<dyn std::error:
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
     let watch_node = node.clone();
     tokio::spawn(async move {
-        if let Some(reason) = watch_node.raft.stopped().await {
-            let _ = stop_tx.send(reason);
+        tokio::select! {
+            reason = watch_node.raft.stopped() => {
+                if let Some(reason) = reason {
+                    let _ = stop_tx.send(format!("raft stopped: {reason}"));
+                }
+            }
+            _ = watch_node.raft.removed() => {
+                let _ = stop_tx.send(format!(
+                    "the member {} has been permanently removed from the cluster",
+                    watch_node.identity.member_id
+                ));
+            }
         }
     });
     let fatal = std::sync::Arc::new(parking_lot::Mutex::new(None::<String>));
@@ -114,7 +124,7 @@ async fn run(settings: oxcd::config::Settings) -> Result<(), Box<dyn std::error:
     node.shutdown().await;
     let reason = fatal.lock().take();
     match reason {
-        Some(r) => Err(format!("raft stopped: {r}").into()),
+        Some(r) => Err(r.into()),
         None => Ok(()),
     }
 }

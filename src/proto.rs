@@ -32,3 +32,9 @@ pub mod v3lockpb {
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
 }
+
+/// oxcd's own peer protocol (raft messages, forwarding, joining), served on the peer port.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod oxcdpeerpb {
+    tonic::include_proto!("oxcdpeerpb");
+}

@@ -107,7 +107,7 @@ pub fn init(level: &str, outputs: &[LogOutput]) -> Result<(), TelemetryError> {
         l => l,
     };
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},openraft=warn,h2=warn,tower=warn")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},openraft=error,h2=warn,tower=warn")));
     tracing_subscriber::fmt()
         .json()
         .with_current_span(false)

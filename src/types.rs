@@ -33,6 +33,18 @@ impl MemberId {
         hasher.update(cluster_token.as_bytes());
         MemberId(first_u64(&hasher.finalize()))
     }
+
+    /// Computes the ID of a member added at runtime, as etcd does: like [`MemberId::compute`] with
+    /// the Unix time of the addition (in seconds, decimal) appended.
+    pub fn compute_at(peer_urls: &[String], cluster_token: &str, unix_secs: u64) -> MemberId {
+        let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+        urls.sort_unstable();
+        let mut hasher = Sha1::new();
+        hasher.update(urls.concat().as_bytes());
+        hasher.update(cluster_token.as_bytes());
+        hasher.update(unix_secs.to_string().as_bytes());
+        MemberId(first_u64(&hasher.finalize()))
+    }
 }
 
 /// An etcd cluster ID, printed in hex.

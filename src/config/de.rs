@@ -67,3 +67,15 @@ pub fn i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         .parse::<i64>()
         .map_err(|_| de::Error::custom(format!("invalid value {s:?}: expected an integer")))
 }
+
+/// A boolean from a bool or the strings `true`/`false` (any case), `1`/`0`.
+pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let s = d.deserialize_any(StringVisitor)?;
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(de::Error::custom(format!(
+            "invalid value {s:?}: expected true or false"
+        ))),
+    }
+}

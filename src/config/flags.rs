@@ -71,6 +71,8 @@ settings_flags! {
     heartbeat_interval => "heartbeat-interval", "Time (in milliseconds) of a heartbeat interval (default 100).";
     election_timeout => "election-timeout", "Time (in milliseconds) for an election to timeout (default 1000).";
     snapshot_count => "snapshot-count", "Number of applied log entries between snapshots (default 10000).";
+    max_learners => "max-learners", "Maximum number of learners allowed in the cluster (default 1).";
+    strict_reconfig_check => "strict-reconfig-check", "Reject reconfiguration requests that would cause quorum loss (default true).";
 }
 
 /// oxcd's subcommands besides serving.

@@ -111,6 +111,12 @@ pub struct Config {
     /// Applied entries between snapshots.
     #[serde(deserialize_with = "de::u64")]
     pub snapshot_count: u64,
+    /// Most learners at once.
+    #[serde(deserialize_with = "de::u64")]
+    pub max_learners: u64,
+    /// Refuse membership changes that would cost quorum.
+    #[serde(deserialize_with = "de::boolean")]
+    pub strict_reconfig_check: bool,
 }
 
 impl Default for Config {
@@ -136,6 +142,8 @@ impl Default for Config {
             heartbeat_interval: 100,
             election_timeout: 1000,
             snapshot_count: 10_000,
+            max_learners: 1,
+            strict_reconfig_check: true,
         }
     }
 }
@@ -208,6 +216,10 @@ pub struct Settings {
     pub election: Duration,
     /// Snapshot count.
     pub snapshot_count: u64,
+    /// Most learners at once.
+    pub max_learners: usize,
+    /// Refuse membership changes that would cost quorum.
+    pub strict_reconfig_check: bool,
 }
 
 impl Config {
@@ -384,6 +396,8 @@ impl Config {
             heartbeat: Duration::from_millis(self.heartbeat_interval),
             election: Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count.max(1),
+            max_learners: self.max_learners as usize,
+            strict_reconfig_check: self.strict_reconfig_check,
         })
     }
 }

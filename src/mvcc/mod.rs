@@ -176,6 +176,28 @@ impl Mvcc {
         range_in(&index, current, &self.storage, None, r)
     }
 
+    /// etcd's HashKV: a CRC-32 over every stored change from the compacted revision up to `rev`
+    /// (0 means the current revision), identical on every member at the same revision. Returns
+    /// the hash, the compact revision and the revision hashed.
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), ReadError> {
+        let index = self.index.read();
+        let rev = if rev <= 0 { index.current } else { rev };
+        if rev > index.current {
+            return Err(MvccError::FutureRevision.into());
+        }
+        if rev < index.compacted {
+            return Err(MvccError::Compacted.into());
+        }
+        let mut h = crc32fast::Hasher::new();
+        let end = Revision::new(rev.saturating_add(1), 0).to_bytes();
+        self.storage.scan(Cf::Kv, &[], Some(&end), |k, v| {
+            h.update(k);
+            h.update(v);
+            Ok(true)
+        })?;
+        Ok((h.finalize(), index.compacted, rev))
+    }
+
     /// Starts a write: takes the index's write lock until [`Writer::commit`].
     pub fn writer(&self) -> Writer<'_> {
         Writer {

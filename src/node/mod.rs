@@ -20,11 +20,14 @@ use crate::apply::{Applied, Op};
 use crate::config::{ClusterState, Settings};
 use crate::mvcc::Mvcc;
 use crate::proto::etcdserverpb::ResponseHeader;
-use crate::raft::{ProposeError, RaftNode, RaftSettings};
+use crate::raft::{MembershipOp, ProposeError, RaftNode, RaftSettings};
 use crate::storage::{Batch, Cf, Storage, StorageError};
 use crate::types::{ClusterId, Member, MemberId};
 
 const KEY_IDENTITY: &[u8] = b"identity";
+
+/// Largest peer message (raft batches and snapshot chunks), in bytes.
+const MAX_PEER_MESSAGE: usize = 256 * 1024 * 1024;
 
 /// Failures while starting a member.
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +38,15 @@ pub enum NodeError {
     /// Raft could not start.
     #[error(transparent)]
     Raft(#[from] crate::raft::StartError),
-    /// The configuration asks for something this build cannot do.
+    /// The member cannot start with this configuration and data.
     #[error("{0}")]
-    Unsupported(String),
+    Refused(String),
     /// The stored identity could not be decoded.
     #[error("corrupt member identity in {0}")]
     CorruptIdentity(String),
+    /// A peer listener could not be bound or served.
+    #[error("peer listener: {0}")]
+    Peer(String),
 }
 
 /// The member's persistent identity.
@@ -52,6 +58,8 @@ pub struct Identity {
     pub cluster_id: ClusterId,
     /// The name the member was created with.
     pub name: String,
+    /// Whether this member joined an existing cluster (it never bootstraps one).
+    pub joined: bool,
 }
 
 /// A running member.
@@ -67,6 +75,7 @@ pub struct Node {
     /// The settings the member runs with.
     pub settings: Settings,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    peer_stop: parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -86,28 +95,97 @@ fn load_identity(storage: &Storage) -> Result<Option<Identity>, NodeError> {
     }
 }
 
+fn save_identity(storage: &Storage, id: &Identity) -> Result<(), NodeError> {
+    let mut b = Batch::new();
+    let raw = bincode::serialize(id).map_err(|e| NodeError::CorruptIdentity(e.to_string()))?;
+    b.put(Cf::RaftMeta, KEY_IDENTITY.to_vec(), raw);
+    storage.write(b, true)?;
+    Ok(())
+}
+
+fn same_urls(a: &[String], b: &[String]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort();
+    b.sort();
+    a == b
+}
+
+/// Finds this member in an existing cluster by its peer URLs, asking the other initial members.
+async fn join_identity(settings: &Settings) -> Result<Identity, NodeError> {
+    let others: Vec<&String> = settings
+        .initial_cluster
+        .iter()
+        .filter(|(name, _)| name != &settings.name)
+        .flat_map(|(_, urls)| urls.iter())
+        .collect();
+    if others.is_empty() {
+        return Err(NodeError::Refused(
+            "--initial-cluster-state=existing needs the other members in --initial-cluster"
+                .to_string(),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last_err = String::new();
+    while tokio::time::Instant::now() < deadline {
+        for url in &others {
+            match RaftNode::fetch_cluster_info(url, Duration::from_secs(2)).await {
+                Ok(info) => {
+                    let me = info
+                        .members
+                        .iter()
+                        .find(|m| same_urls(&m.member.peer_urls, &settings.advertise_peer_urls));
+                    return match me {
+                        Some(m) => Ok(Identity {
+                            member_id: MemberId(m.id),
+                            cluster_id: ClusterId(info.cluster_id),
+                            name: settings.name.clone(),
+                            joined: true,
+                        }),
+                        None => Err(NodeError::Refused(format!(
+                            "no member with peer URLs {} in the cluster at {url}; add it first (etcdctl member add {} --peer-urls={})",
+                            settings.advertise_peer_urls.join(","),
+                            settings.name,
+                            settings.advertise_peer_urls.join(",")
+                        ))),
+                    };
+                }
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(NodeError::Refused(format!(
+        "could not reach any member of the existing cluster: {last_err}"
+    )))
+}
+
 impl Node {
     /// Starts the member described by `settings`.
     pub async fn start(settings: Settings) -> Result<Arc<Node>, NodeError> {
-        if settings.initial_cluster.len() > 1 {
-            return Err(NodeError::Unsupported(format!(
-                "--initial-cluster names {} members; this build runs single-member clusters only",
-                settings.initial_cluster.len()
-            )));
-        }
+        let peer_listeners = {
+            let mut out = Vec::new();
+            for &addr in &settings.listen_peer {
+                out.push(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| NodeError::Peer(format!("listen on {addr}: {e}")))?,
+                );
+            }
+            out
+        };
         let db_path = settings.data_dir.join("member").join("rocksdb");
         let is_new = !db_path.exists();
-        if is_new && settings.cluster_state == ClusterState::Existing {
-            return Err(NodeError::Unsupported(
-                "--initial-cluster-state=existing needs a cluster to join; this build runs single-member clusters only"
-                    .to_string(),
-            ));
-        }
+        let joining_identity = if is_new && settings.cluster_state == ClusterState::Existing {
+            Some(join_identity(&settings).await?)
+        } else {
+            None
+        };
         let storage = Storage::open(&db_path)?;
         let computed_id = MemberId::compute(&settings.advertise_peer_urls, &settings.token);
         let identity = match load_identity(&storage)? {
             Some(id) => {
-                if id.member_id != computed_id {
+                if id.member_id != computed_id && !id.joined {
                     tracing::warn!(
                         stored = %id.member_id,
                         from_flags = %computed_id,
@@ -118,21 +196,23 @@ impl Node {
                 id
             }
             None => {
-                let members: Vec<MemberId> = settings
-                    .initial_cluster
-                    .iter()
-                    .map(|(_, urls)| MemberId::compute(urls, &settings.token))
-                    .collect();
-                let id = Identity {
-                    member_id: computed_id,
-                    cluster_id: ClusterId::compute(&members),
-                    name: settings.name.clone(),
+                let id = match joining_identity {
+                    Some(id) => id,
+                    None => {
+                        let members: Vec<MemberId> = settings
+                            .initial_cluster
+                            .iter()
+                            .map(|(_, urls)| MemberId::compute(urls, &settings.token))
+                            .collect();
+                        Identity {
+                            member_id: computed_id,
+                            cluster_id: ClusterId::compute(&members),
+                            name: settings.name.clone(),
+                            joined: false,
+                        }
+                    }
                 };
-                let mut b = Batch::new();
-                let raw = bincode::serialize(&id)
-                    .map_err(|e| NodeError::CorruptIdentity(e.to_string()))?;
-                b.put(Cf::RaftMeta, KEY_IDENTITY.to_vec(), raw);
-                storage.write(b, true)?;
+                save_identity(&storage, &id)?;
                 id
             }
         };
@@ -148,6 +228,11 @@ impl Node {
             election: settings.election,
             snapshot_count: settings.snapshot_count,
             request_timeout: Duration::from_secs(5) + 2 * settings.election,
+            cluster_id: identity.cluster_id.0,
+            token: settings.token.clone(),
+            max_learners: settings.max_learners,
+            strict_reconfig_check: settings.strict_reconfig_check,
+            max_message: MAX_PEER_MESSAGE,
         };
         let raft = RaftNode::start(
             identity.member_id.0,
@@ -156,13 +241,49 @@ impl Node {
             &raft_settings,
         )
         .await?;
-        let me = Member {
-            name: settings.name.clone(),
-            peer_urls: settings.advertise_peer_urls.clone(),
-            client_urls: settings.advertise_client_urls.clone(),
-        };
-        raft.bootstrap_if_new(BTreeMap::from([(identity.member_id.0, me)]))
-            .await?;
+        if raft.is_removed() {
+            raft.shutdown().await;
+            return Err(NodeError::Refused(format!(
+                "the member {} has been permanently removed from the cluster; remove its data directory {} to add it again as a new member",
+                identity.member_id,
+                settings.data_dir.display()
+            )));
+        }
+        // Serve peers before bootstrapping: the other initial members must be able to reach us.
+        let (peer_stop, peer_stopped) = tokio::sync::oneshot::channel::<()>();
+        let peer_svc = raft.peer_service(MAX_PEER_MESSAGE);
+        let stop_all = futures::future::FutureExt::shared(async move {
+            let _ = peer_stopped.await;
+        });
+        for l in peer_listeners {
+            let router = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(peer_svc.clone());
+            let stop = stop_all.clone();
+            tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                    tracing::error!(error = %e, "peer server stopped");
+                }
+            });
+        }
+        if !identity.joined {
+            let members: BTreeMap<u64, Member> = settings
+                .initial_cluster
+                .iter()
+                .map(|(name, urls)| {
+                    (
+                        MemberId::compute(urls, &settings.token).0,
+                        Member {
+                            name: name.clone(),
+                            peer_urls: urls.clone(),
+                            client_urls: Vec::new(),
+                        },
+                    )
+                })
+                .collect();
+            raft.bootstrap_if_new(members).await?;
+        }
         let node = Arc::new(Node {
             raft,
             mvcc,
@@ -170,7 +291,10 @@ impl Node {
             identity,
             settings,
             tasks: parking_lot::Mutex::new(Vec::new()),
+            peer_stop: parking_lot::Mutex::new(Some(peer_stop)),
         });
+        let publisher = tokio::spawn(publish(node.clone()));
+        node.tasks.lock().push(publisher);
         if let Some(policy) = node.settings.auto_compaction {
             let handle = tokio::spawn(compactor::run(node.clone(), policy));
             node.tasks.lock().push(handle);
@@ -198,11 +322,47 @@ impl Node {
         self.raft.linearizable_barrier().await
     }
 
-    /// Stops the leader-only tasks and raft.
+    /// Stops the background tasks, the peer server and raft.
     pub async fn shutdown(&self) {
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
+        if let Some(stop) = self.peer_stop.lock().take() {
+            let _ = stop.send(());
+        }
         self.raft.shutdown().await;
+    }
+}
+
+/// Publishes this member's name and client URLs into the membership (etcd shows members that have
+/// not done so as `unstarted`), retrying until it succeeds.
+async fn publish(node: Arc<Node>) {
+    let id = node.identity.member_id.0;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let current = node.raft.members().into_iter().find(|m| m.id == id);
+        let done = current.as_ref().is_some_and(|m| {
+            m.member.name == node.settings.name
+                && m.member.client_urls == node.settings.advertise_client_urls
+        });
+        if done {
+            return;
+        }
+        if current.is_some() {
+            let op = MembershipOp::Publish {
+                id,
+                name: node.settings.name.clone(),
+                client_urls: node.settings.advertise_client_urls.clone(),
+            };
+            match node.raft.change_membership(op).await {
+                Ok(_) => {
+                    tracing::info!(name = %node.settings.name, "published member attributes");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }

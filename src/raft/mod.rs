@@ -1,28 +1,41 @@
-//! The only user of openraft: the type configuration, the log store, the state machine glue and the
-//! peer network. Outside this module only concrete types ([`RaftNode`], [`ProposeError`]) are used.
+//! The only user of openraft: the type configuration, the log store, the state machine glue, the
+//! peer protocol and etcd's membership rules. Outside this module only concrete types
+//! ([`RaftNode`], [`ProposeError`], [`MemberInfo`], ...) are used.
 //!
 //! Invariants:
-//! - Every write goes through [`RaftNode::write`], i.e. through the log; there is no other path.
-//! - [`RaftNode::linearizable_barrier`] returns only once this member is confirmed leader for the
-//!   current term and its state machine has applied everything committed before the call.
+//! - Every write goes through [`RaftNode::write`], i.e. through the log; a member that is not the
+//!   leader forwards the proposal to the leader and returns the leader's result.
+//! - [`RaftNode::linearizable_barrier`] returns only once the leader has confirmed its leadership
+//!   (read index) and this member's state machine has applied up to that index.
+//! - Membership changes run on the leader, one at a time, under etcd's strict reconfiguration rules.
+
+// openraft's trait signatures fix the (large) storage error type.
+#![allow(clippy::result_large_err)]
 
 mod log_store;
-mod network;
+pub mod membership;
+mod peer;
+mod peer_server;
 mod state_machine;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
-pub use network::PeerNetwork;
+pub use membership::{MemberInfo, MembershipError, MembershipOp, MembershipResult};
+pub use peer::{PeerError, PeerNetwork, Peers};
+pub use peer_server::PeerService;
 pub use state_machine::StateMachine;
 
 use crate::apply::{Applied, Op};
 use crate::mvcc::Mvcc;
+use crate::proto::oxcdpeerpb::peer_server::PeerServer;
+use crate::proto::oxcdpeerpb::{CampaignRequest, ClusterInfoRequest, ReadIndexRequest};
 use crate::storage::Storage;
 use crate::types::Member;
 
@@ -39,7 +52,7 @@ openraft::declare_raft_types!(
 );
 
 /// Why a proposal or a linearizable read did not complete.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ProposeError {
     /// No leader is known.
     #[error("no leader")]
@@ -53,6 +66,9 @@ pub enum ProposeError {
     /// The request did not complete in time.
     #[error("request timed out")]
     Timeout,
+    /// The leader could not be reached.
+    #[error("leader unreachable: {0}")]
+    LeaderUnreachable(String),
 }
 
 /// Failures while starting raft.
@@ -80,16 +96,160 @@ pub struct RaftSettings {
     pub snapshot_count: u64,
     /// How long a proposal may take before it fails with a timeout.
     pub request_timeout: Duration,
+    /// The cluster ID (answered to joining members).
+    pub cluster_id: u64,
+    /// The cluster token (IDs of members added at runtime derive from it).
+    pub token: String,
+    /// `--max-learners`.
+    pub max_learners: usize,
+    /// `--strict-reconfig-check`.
+    pub strict_reconfig_check: bool,
+    /// Largest peer message, in bytes.
+    pub max_message: usize,
+}
+
+/// A cluster's identity and members, as a joining member learns them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The cluster ID.
+    pub cluster_id: u64,
+    /// The members.
+    pub members: Vec<MemberInfo>,
+}
+
+pub(crate) struct Shared {
+    raft: Raft<TypeConfig>,
+    id: u64,
+    peers: Arc<Peers>,
+    request_timeout: Duration,
+    state_machine: StateMachine,
+    cluster_id: u64,
+    token: String,
+    max_learners: usize,
+    strict: bool,
+    membership_lock: tokio::sync::Mutex<()>,
+}
+
+fn forward_err(e: RaftError<u64, ClientWriteError<u64, Member>>, me: u64) -> ProposeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
+            Some(l) if l != me => ProposeError::NotLeader(l),
+            _ => ProposeError::NoLeader,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(_)) => ProposeError::NoLeader,
+        RaftError::Fatal(_) => ProposeError::Stopped,
+    }
+}
+
+fn leader_err(e: RaftError<u64, CheckIsLeaderError<u64, Member>>, me: u64) -> ProposeError {
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => match f.leader_id {
+            Some(l) if l != me => ProposeError::NotLeader(l),
+            _ => ProposeError::NoLeader,
+        },
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => ProposeError::NoLeader,
+        RaftError::Fatal(_) => ProposeError::Stopped,
+    }
+}
+
+impl Shared {
+    async fn write_local(&self, op: Op) -> Result<Applied, ProposeError> {
+        match tokio::time::timeout(self.request_timeout, self.raft.client_write(op)).await {
+            Err(_) => Err(ProposeError::Timeout),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(e)) => Err(forward_err(e, self.id)),
+        }
+    }
+
+    async fn local_read_index(&self) -> Result<u64, ProposeError> {
+        match tokio::time::timeout(self.request_timeout, self.raft.get_read_log_id()).await {
+            Err(_) => Err(ProposeError::Timeout),
+            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(e)) => Err(leader_err(e, self.id)),
+        }
+    }
+
+    async fn change_membership_local(
+        &self,
+        op: MembershipOp,
+    ) -> Result<MembershipResult, MembershipError> {
+        let _guard = self.membership_lock.lock().await;
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            let leader = self.raft.metrics().borrow().current_leader;
+            return Err(MembershipError::Propose(match leader {
+                Some(l) if l != self.id => ProposeError::NotLeader(l),
+                _ => ProposeError::NoLeader,
+            }));
+        }
+        let ctx = membership::Ctx {
+            raft: &self.raft,
+            peers: &self.peers,
+            self_id: self.id,
+            token: &self.token,
+            max_learners: self.max_learners,
+            active_window: membership::ACTIVE_WINDOW,
+            strict: self.strict,
+        };
+        match tokio::time::timeout(self.request_timeout, ctx.apply(op)).await {
+            Err(_) => Err(MembershipError::Propose(ProposeError::Timeout)),
+            Ok(r) => r,
+        }
+    }
+
+    fn cluster_info(&self) -> ClusterInfo {
+        ClusterInfo {
+            cluster_id: self.cluster_id,
+            members: membership::members(&self.raft),
+        }
+    }
+
+    fn node_of(&self, id: u64) -> Option<Member> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    }
+
+    fn leader_target(&self, hint: Option<u64>) -> Result<(u64, Member), ProposeError> {
+        let leader = hint
+            .or(self.raft.metrics().borrow().current_leader)
+            .ok_or(ProposeError::NoLeader)?;
+        let node = self.node_of(leader).ok_or(ProposeError::NoLeader)?;
+        Ok((leader, node))
+    }
+}
+
+/// Notifies of changes to raft's state.
+pub struct RaftWatch {
+    rx: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, Member>>,
+}
+
+impl RaftWatch {
+    /// Waits for the next change; `Err` once raft has stopped.
+    pub async fn changed(&mut self) -> Result<(), ProposeError> {
+        self.rx.changed().await.map_err(|_| ProposeError::Stopped)
+    }
 }
 
 /// A running raft member.
 #[derive(Clone)]
 pub struct RaftNode {
-    raft: Raft<TypeConfig>,
-    id: u64,
-    request_timeout: Duration,
-    state_machine: StateMachine,
+    shared: Arc<Shared>,
 }
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("id", &self.shared.id)
+            .finish()
+    }
+}
+
+/// How many times a request follows a changing leader before giving up.
+const FORWARD_ATTEMPTS: usize = 3;
 
 impl RaftNode {
     /// Starts raft for member `id` over `storage`.
@@ -107,7 +267,8 @@ impl RaftNode {
             election_timeout_min: election,
             election_timeout_max: election * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_count.max(1)),
-            max_in_snapshot_log_to_keep: 5000,
+            max_in_snapshot_log_to_keep: 5000.min(settings.snapshot_count),
+            max_payload_entries: 1024,
             ..Default::default()
         };
         let config = Arc::new(
@@ -118,26 +279,53 @@ impl RaftNode {
         let log = LogStore::new(storage.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
         let sm =
             StateMachine::open(storage, mvcc).map_err(|e| StartError::Storage(e.to_string()))?;
-        let raft = Raft::new(id, config, PeerNetwork, log, sm.clone())
+        let peers = Peers::new(settings.max_message);
+        let network = PeerNetwork {
+            peers: peers.clone(),
+        };
+        let raft = Raft::new(id, config, network, log, sm.clone())
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         Ok(RaftNode {
-            raft,
-            id,
-            request_timeout: settings.request_timeout,
-            state_machine: sm,
+            shared: Arc::new(Shared {
+                raft,
+                id,
+                peers,
+                request_timeout: settings.request_timeout,
+                state_machine: sm,
+                cluster_id: settings.cluster_id,
+                token: settings.token.clone(),
+                max_learners: settings.max_learners,
+                strict: settings.strict_reconfig_check,
+                membership_lock: tokio::sync::Mutex::new(()),
+            }),
         })
     }
 
-    /// Makes this member the sole voter of a new group, unless the group already exists.
-    pub async fn bootstrap_if_new(&self, members: BTreeMap<u64, Member>) -> Result<(), StartError> {
-        let initialized = self
+    /// The gRPC service other members call on this one.
+    pub fn peer_service(&self, max_message: usize) -> PeerServer<PeerService> {
+        PeerServer::new(PeerService {
+            shared: self.shared.clone(),
+        })
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message)
+    }
+
+    /// Whether this member's raft state has ever been initialized (it has a log or a membership).
+    pub async fn is_initialized(&self) -> Result<bool, StartError> {
+        self.shared
             .raft
             .is_initialized()
             .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
-        if !initialized {
-            self.raft
+            .map_err(|e| StartError::Raft(e.to_string()))
+    }
+
+    /// Forms a new cluster of `members`, unless this member's raft state already exists. Every
+    /// initial member calls this with the same members, so their first log entries agree.
+    pub async fn bootstrap_if_new(&self, members: BTreeMap<u64, Member>) -> Result<(), StartError> {
+        if !self.is_initialized().await? {
+            self.shared
+                .raft
                 .initialize(members)
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -145,46 +333,207 @@ impl RaftNode {
         Ok(())
     }
 
-    /// Proposes `op` through the log and returns what applying it produced.
+    /// Proposes `op` through the log (forwarding to the leader) and returns what applying it produced.
     pub async fn write(&self, op: Op) -> Result<Applied, ProposeError> {
-        let fut = self.raft.client_write(op);
-        match tokio::time::timeout(self.request_timeout, fut).await {
-            Err(_) => Err(ProposeError::Timeout),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match f.leader_id
-            {
-                Some(l) if l != self.id => Err(ProposeError::NotLeader(l)),
-                _ => Err(ProposeError::NoLeader),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(_)))) => {
-                Err(ProposeError::NoLeader)
+        let mut hint = None;
+        for _ in 0..FORWARD_ATTEMPTS {
+            let res = match hint {
+                None => self.shared.write_local(op.clone()).await,
+                Some(leader) => self.forward(leader, &op).await,
+            };
+            match res {
+                Err(ProposeError::NotLeader(l)) => hint = Some(l),
+                other => return other,
             }
-            Ok(Err(RaftError::Fatal(_))) => Err(ProposeError::Stopped),
+        }
+        Err(ProposeError::NoLeader)
+    }
+
+    async fn forward(&self, leader: u64, op: &Op) -> Result<Applied, ProposeError> {
+        let (id, node) = self.shared.leader_target(Some(leader))?;
+        let payload =
+            peer::encode(op).map_err(|e| ProposeError::LeaderUnreachable(e.to_string()))?;
+        let reply = self
+            .shared
+            .peers
+            .call(id, &node, self.shared.request_timeout, |mut c| async move {
+                c.forward(payload).await
+            })
+            .await
+            .map_err(|e| match e {
+                PeerError::Timeout(_) => ProposeError::Timeout,
+                other => ProposeError::LeaderUnreachable(other.to_string()),
+            })?;
+        peer::decode::<Result<Applied, ProposeError>>(&reply)
+            .map_err(|e| ProposeError::LeaderUnreachable(e.to_string()))?
+    }
+
+    /// Waits until a read of local state is linearizable: the leader confirms its leadership and
+    /// hands out a read index, then this member waits until it has applied that index.
+    pub async fn linearizable_barrier(&self) -> Result<(), ProposeError> {
+        let mut hint = None;
+        for _ in 0..FORWARD_ATTEMPTS {
+            let index = match hint {
+                None => self.shared.local_read_index().await,
+                Some(l) => self.remote_read_index(l).await,
+            };
+            match index {
+                Err(ProposeError::NotLeader(l)) => hint = Some(l),
+                Err(e) => return Err(e),
+                Ok(index) => return self.wait_applied(index).await,
+            }
+        }
+        Err(ProposeError::NoLeader)
+    }
+
+    async fn remote_read_index(&self, leader: u64) -> Result<u64, ProposeError> {
+        let (id, node) = self.shared.leader_target(Some(leader))?;
+        let resp = self
+            .shared
+            .peers
+            .call(id, &node, self.shared.request_timeout, |mut c| async move {
+                c.read_index(ReadIndexRequest {}).await
+            })
+            .await
+            .map_err(|e| match e {
+                PeerError::Timeout(_) => ProposeError::Timeout,
+                other => ProposeError::LeaderUnreachable(other.to_string()),
+            })?;
+        if resp.error.is_empty() {
+            Ok(resp.index)
+        } else {
+            Err(ProposeError::LeaderUnreachable(resp.error))
         }
     }
 
-    /// Waits until a read of local state is linearizable (read index, then apply).
-    pub async fn linearizable_barrier(&self) -> Result<(), ProposeError> {
-        let fut = self.raft.ensure_linearizable();
-        match tokio::time::timeout(self.request_timeout, fut).await {
-            Err(_) => Err(ProposeError::Timeout),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
-                f,
-            )))) => match f.leader_id {
-                Some(l) if l != self.id => Err(ProposeError::NotLeader(l)),
-                _ => Err(ProposeError::NoLeader),
-            },
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(
-                _,
-            )))) => Err(ProposeError::NoLeader),
-            Ok(Err(RaftError::Fatal(_))) => Err(ProposeError::Stopped),
+    async fn wait_applied(&self, index: u64) -> Result<(), ProposeError> {
+        if self.applied_index() >= index {
+            return Ok(());
         }
+        match self
+            .shared
+            .raft
+            .wait(Some(self.shared.request_timeout))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(openraft::metrics::WaitError::Timeout(..)) => Err(ProposeError::Timeout),
+            Err(openraft::metrics::WaitError::ShuttingDown) => Err(ProposeError::Stopped),
+        }
+    }
+
+    /// Carries out a membership change on the leader (forwarding when this member is not it).
+    pub async fn change_membership(
+        &self,
+        op: MembershipOp,
+    ) -> Result<MembershipResult, MembershipError> {
+        let mut hint = None;
+        for _ in 0..FORWARD_ATTEMPTS {
+            let res = match hint {
+                None => self.shared.change_membership_local(op.clone()).await,
+                Some(l) => self.forward_membership(l, &op).await,
+            };
+            match res {
+                Err(MembershipError::Propose(ProposeError::NotLeader(l))) => hint = Some(l),
+                other => return other,
+            }
+        }
+        Err(MembershipError::Propose(ProposeError::NoLeader))
+    }
+
+    async fn forward_membership(
+        &self,
+        leader: u64,
+        op: &MembershipOp,
+    ) -> Result<MembershipResult, MembershipError> {
+        let unreachable =
+            |e: PeerError| MembershipError::Propose(ProposeError::LeaderUnreachable(e.to_string()));
+        let (id, node) = self
+            .shared
+            .leader_target(Some(leader))
+            .map_err(MembershipError::Propose)?;
+        let payload = peer::encode(op).map_err(unreachable)?;
+        let reply = self
+            .shared
+            .peers
+            .call(id, &node, self.shared.request_timeout, |mut c| async move {
+                c.change_membership(payload).await
+            })
+            .await
+            .map_err(unreachable)?;
+        peer::decode::<Result<MembershipResult, MembershipError>>(&reply).map_err(unreachable)?
+    }
+
+    /// Asks any member at `peer_url` for the cluster's identity and members.
+    pub async fn fetch_cluster_info(
+        peer_url: &str,
+        timeout: Duration,
+    ) -> Result<ClusterInfo, PeerError> {
+        let peers = Peers::new(16 * 1024 * 1024);
+        let node = Member {
+            peer_urls: vec![peer_url.to_string()],
+            ..Default::default()
+        };
+        let reply = peers
+            .call(0, &node, timeout, |mut c| async move {
+                c.cluster_info(ClusterInfoRequest {}).await
+            })
+            .await?;
+        peer::decode(&reply)
+    }
+
+    /// Asks member `target` to campaign now (etcd's MoveLeader).
+    pub async fn ask_to_campaign(&self, target: u64) -> Result<(), PeerError> {
+        let node = self
+            .shared
+            .node_of(target)
+            .ok_or(PeerError::NoUrl(target))?;
+        self.shared
+            .peers
+            .call(
+                target,
+                &node,
+                self.shared.request_timeout,
+                |mut c| async move { c.campaign(CampaignRequest {}).await },
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// The members of the current configuration.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        membership::members(&self.shared.raft)
+    }
+
+    /// Whether the membership has been committed with this member removed from it.
+    pub fn is_removed(&self) -> bool {
+        let m = self
+            .shared
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .clone();
+        m.log_id().is_some() && m.membership().get_node(&self.shared.id).is_none()
+    }
+
+    /// Whether this member is a learner.
+    pub fn is_learner(&self) -> bool {
+        self.members()
+            .iter()
+            .any(|m| m.id == self.shared.id && m.is_learner)
+    }
+
+    /// This member's ID.
+    pub fn id(&self) -> u64 {
+        self.shared.id
     }
 
     /// Waits until some member is leader, up to `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ProposeError> {
         let res = self
+            .shared
             .raft
             .wait(Some(timeout))
             .metrics(|m| m.current_leader.is_some(), "leader elected")
@@ -198,32 +547,48 @@ impl RaftNode {
 
     /// The current raft term.
     pub fn term(&self) -> u64 {
-        self.raft.metrics().borrow().current_term
+        self.shared.raft.metrics().borrow().current_term
     }
 
     /// The current leader, if known.
     pub fn leader(&self) -> Option<u64> {
-        self.raft.metrics().borrow().current_leader
+        self.shared.raft.metrics().borrow().current_leader
     }
 
     /// Whether this member is the leader.
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
+        self.shared.raft.metrics().borrow().state == ServerState::Leader
     }
 
     /// The index of the last log entry.
     pub fn last_log_index(&self) -> u64 {
-        self.raft.metrics().borrow().last_log_index.unwrap_or(0)
+        self.shared
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0)
     }
 
     /// The index of the last applied entry.
     pub fn applied_index(&self) -> u64 {
-        self.state_machine.applied().map(|l| l.index).unwrap_or(0)
+        self.shared
+            .state_machine
+            .applied()
+            .map(|l| l.index)
+            .unwrap_or(0)
+    }
+
+    /// A receiver that changes whenever raft's state (leader, term, log) changes.
+    pub fn leader_changes(&self) -> RaftWatch {
+        RaftWatch {
+            rx: self.shared.raft.metrics(),
+        }
     }
 
     /// Resolves when raft stops, with the reason when it stopped on an error.
     pub async fn stopped(&self) -> Option<String> {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.shared.raft.metrics();
         loop {
             if let Err(e) = &rx.borrow().running_state {
                 return Some(e.to_string());
@@ -234,9 +599,22 @@ impl RaftNode {
         }
     }
 
+    /// Resolves when this member sees itself removed from the cluster.
+    pub async fn removed(&self) {
+        let mut rx = self.shared.raft.metrics();
+        loop {
+            if self.is_removed() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Stops raft.
     pub async fn shutdown(&self) {
-        if let Err(e) = self.raft.shutdown().await {
+        if let Err(e) = self.shared.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
     }

@@ -4,7 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::mvcc::{MvccError, ReadError};
-use crate::raft::ProposeError;
+use crate::raft::{MembershipError, ProposeError};
 use crate::storage::StorageError;
 
 /// An error as etcd reports it to clients.
@@ -55,6 +55,36 @@ pub enum EtcdError {
     /// Timed out.
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// Peer URLs already used.
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    /// Member ID already used.
+    #[error("etcdserver: member ID already exist")]
+    MemberIdExists,
+    /// `--max-learners` reached.
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    /// The change would lose quorum.
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStarted,
+    /// No such member.
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// Promote of a voter.
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    /// Promote of a lagging learner.
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// A learner asked for something only voters serve.
+    #[error("etcdserver: rpc not supported for learner")]
+    LearnerNotSupported,
+    /// MoveLeader to a bad target.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// A bad argument etcd reports with its own text.
+    #[error("etcdserver: {0}")]
+    InvalidArgument(String),
     /// An internal failure (storage); the member logs it loudly.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -70,7 +100,12 @@ impl EtcdError {
             Compacted | FutureRevision => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
             NoLeader | Stopped | Timeout => Code::Unavailable,
-            NotLeader => Code::FailedPrecondition,
+            NotLeader | PeerUrlExists | MemberIdExists | TooManyLearners | NotEnoughStarted
+            | NotLearner | LearnerNotReady | LearnerNotSupported | BadLeaderTransferee => {
+                Code::FailedPrecondition
+            }
+            MemberNotFound => Code::NotFound,
+            InvalidArgument(_) => Code::InvalidArgument,
             Internal(_) => Code::Internal,
         }
     }
@@ -115,7 +150,22 @@ impl From<ProposeError> for EtcdError {
             ProposeError::NoLeader => EtcdError::NoLeader,
             ProposeError::NotLeader(_) => EtcdError::NotLeader,
             ProposeError::Stopped => EtcdError::Stopped,
-            ProposeError::Timeout => EtcdError::Timeout,
+            ProposeError::Timeout | ProposeError::LeaderUnreachable(_) => EtcdError::Timeout,
+        }
+    }
+}
+
+impl From<MembershipError> for EtcdError {
+    fn from(e: MembershipError) -> EtcdError {
+        match e {
+            MembershipError::PeerUrlExists => EtcdError::PeerUrlExists,
+            MembershipError::IdExists => EtcdError::MemberIdExists,
+            MembershipError::TooManyLearners => EtcdError::TooManyLearners,
+            MembershipError::NotEnoughStarted => EtcdError::NotEnoughStarted,
+            MembershipError::NotFound => EtcdError::MemberNotFound,
+            MembershipError::NotLearner => EtcdError::NotLearner,
+            MembershipError::NotInSync => EtcdError::LearnerNotReady,
+            MembershipError::Propose(p) => p.into(),
         }
     }
 }

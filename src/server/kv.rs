@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::error::EtcdError;
-use super::validate;
+use super::{guard, validate};
 use crate::apply::{Applied, Op, Pb};
 use crate::node::Node;
 use crate::proto::etcdserverpb::kv_server::Kv;
@@ -114,10 +114,15 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        guard::require_leader(&self.node, &request)?;
+        if !request.get_ref().serializable {
+            guard::not_learner(&self.node)?;
+        }
         Ok(Response::new(self.do_range(request.into_inner()).await?))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        guard::voter_rpc(&self.node, &request)?;
         Ok(Response::new(self.do_put(request.into_inner()).await?))
     }
 
@@ -125,10 +130,12 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        guard::voter_rpc(&self.node, &request)?;
         Ok(Response::new(self.do_delete(request.into_inner()).await?))
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        guard::voter_rpc(&self.node, &request)?;
         Ok(Response::new(self.do_txn(request.into_inner()).await?))
     }
 
@@ -136,6 +143,7 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        guard::voter_rpc(&self.node, &request)?;
         Ok(Response::new(self.do_compact(request.into_inner()).await?))
     }
 }

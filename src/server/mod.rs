@@ -4,8 +4,11 @@
 //! Invariant: handlers only validate, call [`crate::node::Node`] and map errors through
 //! [`error`]; they hold no state of their own.
 
+pub mod cluster;
 pub mod error;
+pub mod guard;
 pub mod kv;
+pub mod maintenance;
 pub mod validate;
 
 use std::future::Future;
@@ -16,7 +19,9 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::node::Node;
+use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 
 /// Failures of the client listener.
 #[derive(Debug, thiserror::Error)]
@@ -56,13 +61,18 @@ pub async fn serve(
     let kv = KvServer::new(kv::KvService::new(node.clone()))
         .max_decoding_message_size(max_recv)
         .max_encoding_message_size(usize::MAX);
+    let cluster = ClusterServer::new(cluster::ClusterService::new(node.clone()));
+    let maintenance = MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))
+        .max_encoding_message_size(usize::MAX);
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
     for l in listeners {
         let mut rx = tx.subscribe();
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(kv.clone());
+            .add_service(kv.clone())
+            .add_service(cluster.clone())
+            .add_service(maintenance.clone());
         let incoming = TcpListenerStream::new(l);
         servers.push(tokio::spawn(async move {
             router

@@ -117,6 +117,12 @@ pub enum StorageError {
     },
 }
 
+/// A key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// A key and value with its column family.
+pub type Row = (Cf, Vec<u8>, Vec<u8>);
+
 /// An atomic set of writes across column families.
 #[derive(Default, Debug)]
 pub struct Batch {
@@ -255,20 +261,8 @@ impl Storage {
     }
 
     /// The last key and value of `cf`, if any.
-    pub fn last(&self, cf: Cf) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn last(&self, cf: Cf) -> Result<Option<Pair>, StorageError> {
         let mut it = self.db.iterator_cf(self.handle(cf)?, IteratorMode::End);
-        match it.next() {
-            Some(item) => {
-                let (k, v) = item?;
-                Ok(Some((k.to_vec(), v.to_vec())))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// The first key and value of `cf`, if any.
-    pub fn first(&self, cf: Cf) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
-        let mut it = self.db.iterator_cf(self.handle(cf)?, IteratorMode::Start);
         match it.next() {
             Some(item) => {
                 let (k, v) = item?;
@@ -303,7 +297,7 @@ impl Storage {
     }
 
     /// Reads every key and value of the given column families from one consistent point in time.
-    pub fn export(&self, cfs: &[Cf]) -> Result<Vec<(Cf, Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn export(&self, cfs: &[Cf]) -> Result<Vec<Row>, StorageError> {
         let snap = self.db.snapshot();
         let mut out = Vec::new();
         for &cf in cfs {
@@ -321,6 +315,15 @@ impl Storage {
             let mut end = last;
             end.push(0);
             batch.delete_range(cf, Vec::new(), end);
+        }
+        Ok(())
+    }
+
+    /// Compacts every column family fully (etcd's Defragment), reclaiming space from deletions.
+    pub fn compact_all(&self) -> Result<(), StorageError> {
+        for cf in Cf::ALL {
+            self.db
+                .compact_range_cf(self.handle(cf)?, None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
     }

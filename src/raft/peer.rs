@@ -1,0 +1,262 @@
+//! The client side of the peer protocol: openraft's network over tonic, plus the calls a member
+//! makes on the leader (forwarded proposals, read index, membership changes) and on any member
+//! (cluster info, campaign).
+//!
+//! Invariants: every peer RPC has a deadline (openraft's TTL for raft messages, the request timeout
+//! otherwise), connections are lazy and per peer, so an unreachable or slow peer only delays calls
+//! to itself. The time of each peer's last successful reply is kept for quorum-safety checks.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::TypeConfig;
+use crate::proto::oxcdpeerpb::peer_client::PeerClient;
+use crate::proto::oxcdpeerpb::Payload;
+use crate::types::Member;
+
+/// A failure to reach a peer or to understand its reply.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The peer has no usable URL.
+    #[error("member {0:x} has no usable peer URL")]
+    NoUrl(u64),
+    /// Connecting or calling failed.
+    #[error("member {id:x}: {msg}")]
+    Transport {
+        /// The peer.
+        id: u64,
+        /// What failed.
+        msg: String,
+    },
+    /// The call did not finish in time.
+    #[error("member {0:x}: peer request timed out")]
+    Timeout(u64),
+    /// A payload could not be encoded or decoded.
+    #[error("peer payload: {0}")]
+    Codec(String),
+}
+
+/// Connections to peers, by member ID.
+pub struct Peers {
+    conns: Mutex<HashMap<u64, (String, PeerClient<Channel>)>>,
+    last_ok: Mutex<HashMap<u64, Instant>>,
+    max_message: usize,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers").finish_non_exhaustive()
+    }
+}
+
+/// Encodes a value for a [`Payload`].
+pub fn encode<T: Serialize>(v: &T) -> Result<Payload, PeerError> {
+    bincode::serialize(v)
+        .map(|data| Payload { data })
+        .map_err(|e| PeerError::Codec(e.to_string()))
+}
+
+/// Decodes a [`Payload`].
+pub fn decode<T: DeserializeOwned>(p: &Payload) -> Result<T, PeerError> {
+    bincode::deserialize(&p.data).map_err(|e| PeerError::Codec(e.to_string()))
+}
+
+impl Peers {
+    /// An empty set of connections; messages up to `max_message` bytes.
+    pub fn new(max_message: usize) -> Arc<Peers> {
+        Arc::new(Peers {
+            conns: Mutex::new(HashMap::new()),
+            last_ok: Mutex::new(HashMap::new()),
+            max_message,
+        })
+    }
+
+    /// A client for member `id` reachable at `url`.
+    pub fn client_for_url(&self, id: u64, url: &str) -> Result<PeerClient<Channel>, PeerError> {
+        let mut conns = self.conns.lock();
+        if let Some((u, c)) = conns.get(&id) {
+            if u == url {
+                return Ok(c.clone());
+            }
+        }
+        let ep = Endpoint::from_shared(url.to_string())
+            .map_err(|e| PeerError::Transport {
+                id,
+                msg: format!("bad peer URL {url}: {e}"),
+            })?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let client = PeerClient::new(ep.connect_lazy())
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message);
+        conns.insert(id, (url.to_string(), client.clone()));
+        Ok(client)
+    }
+
+    /// A client for member `id` described by `node`.
+    pub fn client(&self, id: u64, node: &Member) -> Result<PeerClient<Channel>, PeerError> {
+        let url = node.peer_urls.first().ok_or(PeerError::NoUrl(id))?;
+        self.client_for_url(id, url)
+    }
+
+    /// Records a successful reply from `id`.
+    pub fn mark_ok(&self, id: u64) {
+        self.last_ok.lock().insert(id, Instant::now());
+    }
+
+    /// When `id` last replied successfully.
+    pub fn last_ok(&self, id: u64) -> Option<Instant> {
+        self.last_ok.lock().get(&id).copied()
+    }
+
+    /// Runs one call on `id` with a deadline, recording success.
+    pub async fn call<F, Fut, R>(
+        &self,
+        id: u64,
+        node: &Member,
+        ttl: Duration,
+        f: F,
+    ) -> Result<R, PeerError>
+    where
+        F: FnOnce(PeerClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let client = self.client(id, node)?;
+        match tokio::time::timeout(ttl, f(client)).await {
+            Err(_) => Err(PeerError::Timeout(id)),
+            Ok(Err(status)) => Err(PeerError::Transport {
+                id,
+                msg: format!("{}: {}", status.code(), status.message()),
+            }),
+            Ok(Ok(resp)) => {
+                self.mark_ok(id);
+                Ok(resp.into_inner())
+            }
+        }
+    }
+}
+
+/// openraft's network factory over [`Peers`].
+#[derive(Clone, Debug)]
+pub struct PeerNetwork {
+    /// The shared connections.
+    pub peers: Arc<Peers>,
+}
+
+/// openraft's connection to one peer.
+pub struct PeerConn {
+    target: u64,
+    node: Member,
+    peers: Arc<Peers>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> PeerConn {
+        PeerConn {
+            target,
+            node: node.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+fn to_rpc_error<E: std::error::Error>(target: u64, e: PeerError) -> RPCError<u64, Member, E> {
+    match e {
+        PeerError::Transport { .. } | PeerError::NoUrl(_) => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        PeerError::Timeout(_) | PeerError::Codec(_) => {
+            let _ = target;
+            RPCError::Network(NetworkError::new(&e))
+        }
+    }
+}
+
+impl PeerConn {
+    async fn raft_call<Req, Resp, E>(
+        &self,
+        req: &Req,
+        ttl: Duration,
+        which: RaftCall,
+    ) -> Result<Resp, RPCError<u64, Member, RaftError<u64, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+        RaftError<u64, E>: std::error::Error,
+    {
+        let payload = encode(req).map_err(|e| to_rpc_error(self.target, e))?;
+        let reply = self
+            .peers
+            .call(self.target, &self.node, ttl, |mut c| async move {
+                match which {
+                    RaftCall::Append => c.append_entries(payload).await,
+                    RaftCall::Vote => c.vote(payload).await,
+                    RaftCall::Snapshot => c.install_snapshot(payload).await,
+                }
+            })
+            .await
+            .map_err(|e| to_rpc_error(self.target, e))?;
+        let res: Result<Resp, RaftError<u64, E>> =
+            decode(&reply).map_err(|e| to_rpc_error(self.target, e))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum RaftCall {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for PeerConn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        self.raft_call(&rpc, option.hard_ttl(), RaftCall::Append)
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
+    > {
+        self.raft_call(&rpc, option.hard_ttl(), RaftCall::Snapshot)
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        self.raft_call(&rpc, option.hard_ttl(), RaftCall::Vote)
+            .await
+    }
+}

@@ -1,0 +1,101 @@
+//! The server side of the peer protocol, served on `--listen-peer-urls`.
+//!
+//! Invariant: every handler answers from this member's raft alone; forwarded proposals and
+//! membership changes are carried out only if this member is the leader, otherwise the caller is
+//! told who is (it retries there).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::membership::{MembershipError, MembershipOp};
+use super::peer::{decode, encode, PeerError};
+use super::{ProposeError, Shared};
+use crate::apply::{Applied, Op};
+use crate::proto::oxcdpeerpb::peer_server::Peer;
+use crate::proto::oxcdpeerpb::{
+    CampaignRequest, CampaignResponse, ClusterInfoRequest, Payload, ReadIndexRequest,
+    ReadIndexResponse,
+};
+
+/// The peer service of one member.
+#[derive(Clone)]
+pub struct PeerService {
+    pub(super) shared: Arc<Shared>,
+}
+
+fn codec(e: PeerError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc = decode(req.get_ref()).map_err(codec)?;
+        let res = self.shared.raft.append_entries(rpc).await;
+        Ok(Response::new(encode(&res).map_err(codec)?))
+    }
+
+    async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc = decode(req.get_ref()).map_err(codec)?;
+        let res = self.shared.raft.vote(rpc).await;
+        Ok(Response::new(encode(&res).map_err(codec)?))
+    }
+
+    async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc = decode(req.get_ref()).map_err(codec)?;
+        let res = self.shared.raft.install_snapshot(rpc).await;
+        Ok(Response::new(encode(&res).map_err(codec)?))
+    }
+
+    async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let op: Op = decode(req.get_ref()).map_err(codec)?;
+        let res: Result<Applied, ProposeError> = self.shared.write_local(op).await;
+        Ok(Response::new(encode(&res).map_err(codec)?))
+    }
+
+    async fn read_index(
+        &self,
+        _req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        let resp = match self.shared.local_read_index().await {
+            Ok(index) => ReadIndexResponse {
+                index,
+                error: String::new(),
+            },
+            Err(e) => ReadIndexResponse {
+                index: 0,
+                error: e.to_string(),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn change_membership(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let op: MembershipOp = decode(req.get_ref()).map_err(codec)?;
+        let res = self.shared.change_membership_local(op).await;
+        let res: Result<_, MembershipError> = res;
+        Ok(Response::new(encode(&res).map_err(codec)?))
+    }
+
+    async fn cluster_info(
+        &self,
+        _req: Request<ClusterInfoRequest>,
+    ) -> Result<Response<Payload>, Status> {
+        let info = self.shared.cluster_info();
+        Ok(Response::new(encode(&info).map_err(codec)?))
+    }
+
+    async fn campaign(
+        &self,
+        _req: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        self.shared
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(CampaignResponse {}))
+    }
+}
