@@ -52,6 +52,7 @@ fn bad_values_are_rejected_with_the_flag_name() {
 }
 
 #[test]
+#[allow(clippy::result_large_err)] // figment::Jail fixes the closure's error type.
 fn layering_flags_over_env_over_file() {
     figment::Jail::expect_with(|jail| {
         jail.create_file(
