@@ -39,6 +39,30 @@ pub enum ConfigError {
     },
 }
 
+/// Names where a bad value came from, the way the user wrote it: `ETCD_MAX_TXN_OPS`, the config
+/// file's key, or the flag.
+fn load_error(e: figment::Error) -> ConfigError {
+    let key = e.path.join(".").to_ascii_lowercase();
+    let source = e
+        .metadata
+        .as_ref()
+        .map(|m| m.name.to_string())
+        .unwrap_or_default();
+    let place = if source.contains("environment variable") {
+        let prefix = source.split('`').nth(1).unwrap_or("ETCD_");
+        format!("{prefix}{}", key.to_ascii_uppercase().replace('-', "_"))
+    } else if let Some(figment::Source::File(path)) =
+        e.metadata.as_ref().and_then(|m| m.source.as_ref())
+    {
+        format!("{key} in {}", path.display())
+    } else if key.is_empty() {
+        return ConfigError::Load(e.to_string());
+    } else {
+        format!("--{key}")
+    };
+    ConfigError::Load(format!("{place}: {}", e.kind))
+}
+
 fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         flag,
@@ -246,8 +270,7 @@ impl Config {
             );
         }
         fig = fig.merge(Serialized::defaults(flags.settings_map()));
-        fig.extract::<Config>()
-            .map_err(|e| ConfigError::Load(e.to_string()))
+        fig.extract::<Config>().map_err(load_error)
     }
 
     /// Checks every value and resolves defaults that depend on others.

@@ -322,7 +322,7 @@ impl Node {
         self.raft.linearizable_barrier().await
     }
 
-    /// Stops the background tasks, the peer server and raft.
+    /// Stops the background tasks, the peer server and raft, then quiesces storage for exit.
     pub async fn shutdown(&self) {
         for t in self.tasks.lock().drain(..) {
             t.abort();
@@ -331,6 +331,10 @@ impl Node {
             let _ = stop.send(());
         }
         self.raft.shutdown().await;
+        if let Err(e) = self.storage.quiesce() {
+            tracing::error!(error = %e, "flushing storage at shutdown");
+        }
+        tracing::info!("member stopped");
     }
 }
 

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -323,14 +323,19 @@ impl RaftNode {
     /// Forms a new cluster of `members`, unless this member's raft state already exists. Every
     /// initial member calls this with the same members, so their first log entries agree.
     pub async fn bootstrap_if_new(&self, members: BTreeMap<u64, Member>) -> Result<(), StartError> {
-        if !self.is_initialized().await? {
-            self.shared
-                .raft
-                .initialize(members)
-                .await
-                .map_err(|e| StartError::Raft(e.to_string()))?;
+        if self.is_initialized().await? {
+            return Ok(());
         }
-        Ok(())
+        match self.shared.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            // Another initial member formed the cluster first and this member already voted for
+            // it or received its log: the cluster exists, and this member takes part in it.
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                tracing::info!(reason = %e, "cluster already formed by another initial member");
+                Ok(())
+            }
+            Err(e) => Err(StartError::Raft(e.to_string())),
+        }
     }
 
     /// Proposes `op` through the log (forwarding to the leader) and returns what applying it produced.
@@ -600,14 +605,25 @@ impl RaftNode {
     }
 
     /// Resolves when this member sees itself removed from the cluster.
+    /// (Its own membership says so, or a peer answered its raft messages that way.)
     pub async fn removed(&self) {
         let mut rx = self.shared.raft.metrics();
+        let mut told = self.shared.peers.removed();
         loop {
-            if self.is_removed() {
+            if self.is_removed() || *told.borrow_and_update() {
                 return;
             }
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
+            tokio::select! {
+                r = rx.changed() => {
+                    if r.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                r = told.changed() => {
+                    if r.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
             }
         }
     }

@@ -4,7 +4,8 @@
 //!
 //! Invariants: every peer RPC has a deadline (openraft's TTL for raft messages, the request timeout
 //! otherwise), connections are lazy and per peer, so an unreachable or slow peer only delays calls
-//! to itself. The time of each peer's last successful reply is kept for quorum-safety checks.
+//! to itself. The time of each peer's last successful reply is kept for quorum-safety checks, and
+//! forgotten as soon as a call to that peer times out or finds it unreachable.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -51,11 +52,15 @@ pub enum PeerError {
     Codec(String),
 }
 
+/// The message a member answers a removed member's raft messages with.
+pub const REMOVED_MEMBER: &str = "the member has been permanently removed from the cluster";
+
 /// Connections to peers, by member ID.
 pub struct Peers {
     conns: Mutex<HashMap<u64, (String, PeerClient<Channel>)>>,
     last_ok: Mutex<HashMap<u64, Instant>>,
     max_message: usize,
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -83,7 +88,13 @@ impl Peers {
             conns: Mutex::new(HashMap::new()),
             last_ok: Mutex::new(HashMap::new()),
             max_message,
+            removed: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Becomes true once a peer has told this member it was removed from the cluster.
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.subscribe()
     }
 
     /// A client for member `id` reachable at `url`.
@@ -140,11 +151,25 @@ impl Peers {
     {
         let client = self.client(id, node)?;
         match tokio::time::timeout(ttl, f(client)).await {
-            Err(_) => Err(PeerError::Timeout(id)),
-            Ok(Err(status)) => Err(PeerError::Transport {
-                id,
-                msg: format!("{}: {}", status.code(), status.message()),
-            }),
+            Err(_) => {
+                // Like etcd's broken peer stream: a peer that cannot be reached is not active.
+                self.last_ok.lock().remove(&id);
+                Err(PeerError::Timeout(id))
+            }
+            Ok(Err(status)) => {
+                if status.code() == tonic::Code::Unavailable {
+                    self.last_ok.lock().remove(&id);
+                }
+                if status.code() == tonic::Code::FailedPrecondition
+                    && status.message() == REMOVED_MEMBER
+                {
+                    self.removed.send_replace(true);
+                }
+                Err(PeerError::Transport {
+                    id,
+                    msg: format!("{}: {}", status.code(), status.message()),
+                })
+            }
             Ok(Ok(resp)) => {
                 self.mark_ok(id);
                 Ok(resp.into_inner())

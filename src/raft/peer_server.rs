@@ -9,8 +9,11 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::membership::{MembershipError, MembershipOp};
-use super::peer::{decode, encode, PeerError};
-use super::{ProposeError, Shared};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::Vote;
+
+use super::peer::{decode, encode, PeerError, REMOVED_MEMBER};
+use super::{ProposeError, Shared, TypeConfig};
 use crate::apply::{Applied, Op};
 use crate::proto::oxcdpeerpb::peer_server::Peer;
 use crate::proto::oxcdpeerpb::{
@@ -28,22 +31,38 @@ fn codec(e: PeerError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+impl PeerService {
+    /// Refuses raft messages from a member that has been removed from the cluster, telling it so
+    /// (it then stops, as etcd's removed members do).
+    fn refuse_removed(&self, vote: &Vote<u64>) -> Result<(), Status> {
+        match vote.leader_id().voted_for() {
+            Some(from) if self.shared.state_machine.was_removed(from) => {
+                Err(Status::failed_precondition(REMOVED_MEMBER))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let rpc = decode(req.get_ref()).map_err(codec)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(codec)?;
+        self.refuse_removed(&rpc.vote)?;
         let res = self.shared.raft.append_entries(rpc).await;
         Ok(Response::new(encode(&res).map_err(codec)?))
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let rpc = decode(req.get_ref()).map_err(codec)?;
+        let rpc: VoteRequest<u64> = decode(req.get_ref()).map_err(codec)?;
+        self.refuse_removed(&rpc.vote)?;
         let res = self.shared.raft.vote(rpc).await;
         Ok(Response::new(encode(&res).map_err(codec)?))
     }
 
     async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let rpc = decode(req.get_ref()).map_err(codec)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(codec)?;
+        self.refuse_removed(&rpc.vote)?;
         let res = self.shared.raft.install_snapshot(rpc).await;
         Ok(Response::new(encode(&res).map_err(codec)?))
     }

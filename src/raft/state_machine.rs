@@ -5,7 +5,11 @@
 //!   change commit together (etcd's 3.5.0-3.5.2 inconsistency came from splitting them).
 //! - A snapshot is a consistent copy of the state-machine column families; its log id and
 //!   membership are read from that same copy, never from memory.
+//! - The IDs of removed members are recorded in the same batch as the membership that removed
+//!   them, and are never forgotten: a removed member is told so whenever it calls (etcd never
+//!   lets a removed ID back in).
 
+use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -24,6 +28,7 @@ use crate::types::Member;
 
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_REMOVED: &[u8] = b"removed";
 
 type SErr = StorageError<u64>;
 type Membership = StoredMembership<u64, Member>;
@@ -44,6 +49,7 @@ fn snap_err(e: impl std::error::Error + 'static) -> SErr {
 struct State {
     applied: Option<LogId<u64>>,
     membership: Membership,
+    removed: BTreeSet<u64>,
     snapshot: Option<(SnapshotMeta<u64, Member>, Vec<u8>)>,
 }
 
@@ -53,6 +59,18 @@ pub struct StateMachine {
     storage: Storage,
     mvcc: Arc<Mvcc>,
     state: Arc<Mutex<State>>,
+}
+
+fn read_removed(storage: &Storage) -> Result<BTreeSet<u64>, SErr> {
+    match storage.get(Cf::Meta, KEY_REMOVED).map_err(sm_read_err)? {
+        Some(b) => bincode::deserialize::<BTreeSet<u64>>(&b).map_err(sm_read_err),
+        None => Ok(BTreeSet::new()),
+    }
+}
+
+/// The member IDs in a membership (voters and learners).
+fn node_ids(m: &Membership) -> BTreeSet<u64> {
+    m.membership().nodes().map(|(id, _)| *id).collect()
 }
 
 fn read_applied(storage: &Storage) -> Result<(Option<LogId<u64>>, Membership), SErr> {
@@ -71,15 +89,22 @@ impl StateMachine {
     /// Opens the state machine over the member's storage and store.
     pub fn open(storage: Storage, mvcc: Arc<Mvcc>) -> Result<StateMachine, SErr> {
         let (applied, membership) = read_applied(&storage)?;
+        let removed = read_removed(&storage)?;
         Ok(StateMachine {
             storage,
             mvcc,
             state: Arc::new(Mutex::new(State {
                 applied,
                 membership,
+                removed,
                 snapshot: None,
             })),
         })
+    }
+
+    /// Whether `id` was a member once and has been removed from the cluster.
+    pub fn was_removed(&self, id: u64) -> bool {
+        self.state.lock().removed.contains(&id)
     }
 
     /// The log id of the last applied entry.
@@ -139,6 +164,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         let mut last = None;
         let mut new_membership = None;
+        let (mut current, mut removed) = {
+            let st = self.state.lock();
+            (st.membership.clone(), st.removed.clone())
+        };
+        let removed_before = removed.len();
         let mut w = self.mvcc.writer();
         for e in entries {
             last = Some(e.log_id);
@@ -147,6 +177,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(op) => out.push(apply_op(&mut w, &op).map_err(sm_write_err)?),
                 EntryPayload::Membership(m) => {
                     let stored = Membership::new(Some(e.log_id), m);
+                    let after = node_ids(&stored);
+                    removed.extend(node_ids(&current).difference(&after));
+                    current = stored.clone();
                     w.batch_mut().put(
                         Cf::Meta,
                         KEY_MEMBERSHIP.to_vec(),
@@ -156,6 +189,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     out.push(Applied::Nothing);
                 }
             }
+        }
+        if removed.len() != removed_before {
+            w.batch_mut().put(
+                Cf::Meta,
+                KEY_REMOVED.to_vec(),
+                bincode::serialize(&removed).map_err(sm_write_err)?,
+            );
         }
         if let Some(l) = last {
             w.batch_mut().put(
@@ -172,6 +212,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(m) = new_membership {
             st.membership = m;
         }
+        st.removed = removed;
         Ok(out)
     }
 
@@ -204,7 +245,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         self.storage.write(b, true).map_err(sm_write_err)?;
         self.mvcc.reload().map_err(sm_write_err)?;
+        tracing::info!(
+            snapshot_id = %meta.snapshot_id,
+            last_log_id = ?meta.last_log_id,
+            bytes = data.len(),
+            "installed snapshot from leader"
+        );
+        let removed = read_removed(&self.storage)?;
         let mut st = self.state.lock();
+        st.removed = removed;
         st.applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
         st.snapshot = Some((meta.clone(), data));

@@ -290,6 +290,16 @@ impl Storage {
         Ok(())
     }
 
+    /// Prepares for process exit: makes the write-ahead log durable and stops RocksDB's background
+    /// flushes and compactions, waiting for running ones. Reads and writes still work afterwards,
+    /// but nothing runs in the background while the process tears down (a background thread
+    /// alive at exit aborts the process).
+    pub fn quiesce(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true)?;
+        self.db.cancel_all_background_work(true);
+        Ok(())
+    }
+
     /// Makes every earlier write durable with one fsync of the write-ahead log.
     pub fn sync_wal(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true)?;
