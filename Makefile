@@ -7,7 +7,7 @@ export ROCKSDB_LIB_DIR ROCKSDB_INCLUDE_DIR
 export ETCDCTL ?= $(PY_SCRIPTS)/etcdctl
 export ETCD ?= $(PY_SCRIPTS)/etcd
 
-.PHONY: deps run build test lint bench
+.PHONY: deps run build cluster test lint bench
 
 deps:
 	@scripts/install-deps.sh
@@ -18,6 +18,10 @@ run: deps
 
 build: deps
 	cargo build --release --bins
+
+## A local three-member cluster: the Procfile's infra1..3 on 127.0.0.1, clients on 2379/22379/32379.
+cluster: build
+	scripts/cluster.sh
 
 lint: deps
 	cargo fmt --all -- --check

@@ -276,25 +276,27 @@ impl Member {
         }
     }
 
-    /// SIGTERMs the process and waits for it to exit (SIGKILL after the deadline).
-    pub async fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    /// SIGTERMs the process and waits for it to exit (SIGKILL after the deadline); returns
+    /// whether it exited successfully on its own.
+    pub async fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.success();
             }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -336,7 +338,7 @@ impl Member {
         let log = self.log.clone();
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Ok(mut c) = try_connect(&[ep.clone()]).await {
+            if let Ok(mut c) = try_connect(std::slice::from_ref(&ep)).await {
                 let opts = etcd_client::GetOptions::new().with_serializable();
                 if c.get("health-probe", Some(opts)).await.is_ok() {
                     return;

@@ -40,8 +40,7 @@ fn normalize(s: &str) -> String {
 fn error_line(c: &Ctl) -> String {
     c.stderr
         .lines()
-        .filter(|l| l.starts_with("Error:"))
-        .next_back()
+        .rfind(|l| l.starts_with("Error:"))
         .unwrap_or("")
         .to_string()
 }

@@ -1,5 +1,9 @@
 //! oxcd's one integration-test binary: real `oxcd` processes on ephemeral loopback ports, driven by
 //! the real `etcdctl` 3.5 and the `etcd-client` crate, and compared side by side with the real etcd.
 
+mod cli;
+mod cluster;
 mod harness;
+mod kv_client;
 mod kv_etcdctl;
+mod persistence;
