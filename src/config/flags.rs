@@ -73,6 +73,7 @@ settings_flags! {
     snapshot_count => "snapshot-count", "Number of applied log entries between snapshots (default 10000).";
     max_learners => "max-learners", "Maximum number of learners allowed in the cluster (default 1).";
     strict_reconfig_check => "strict-reconfig-check", "Reject reconfiguration requests that would cause quorum loss (default true).";
+    watch_progress_notify_interval => "watch-progress-notify-interval", "Duration of periodic watch progress notifications (default 10m).";
 }
 
 /// oxcd's subcommands besides serving.

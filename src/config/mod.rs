@@ -141,6 +141,9 @@ pub struct Config {
     /// Refuse membership changes that would cost quorum.
     #[serde(deserialize_with = "de::boolean")]
     pub strict_reconfig_check: bool,
+    /// Period of watch progress notifications (a Go duration such as `10m`).
+    #[serde(deserialize_with = "de::string")]
+    pub watch_progress_notify_interval: String,
 }
 
 impl Default for Config {
@@ -168,6 +171,7 @@ impl Default for Config {
             snapshot_count: 10_000,
             max_learners: 1,
             strict_reconfig_check: true,
+            watch_progress_notify_interval: "10m".to_string(),
         }
     }
 }
@@ -244,6 +248,8 @@ pub struct Settings {
     pub max_learners: usize,
     /// Refuse membership changes that would cost quorum.
     pub strict_reconfig_check: bool,
+    /// Period of watch progress notifications.
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl Config {
@@ -392,6 +398,15 @@ impl Config {
                 ),
             ));
         }
+        let watch_progress_notify_interval = parse_duration(&self.watch_progress_notify_interval)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                invalid(
+                    "watch-progress-notify-interval",
+                    &self.watch_progress_notify_interval,
+                    "expected a positive duration such as 10m or 500ms",
+                )
+            })?;
         Ok(Settings {
             name: self.name.clone(),
             data_dir,
@@ -421,6 +436,7 @@ impl Config {
             snapshot_count: self.snapshot_count.max(1),
             max_learners: self.max_learners as usize,
             strict_reconfig_check: self.strict_reconfig_check,
+            watch_progress_notify_interval,
         })
     }
 }

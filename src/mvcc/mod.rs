@@ -8,8 +8,11 @@
 //! - A [`Writer`] holds the index's write lock from its first change until its batch is in RocksDB,
 //!   so readers never see a change whose value is not yet stored.
 //! - Deterministic failures (compacted, future revision, missing key) are [`MvccError`] values.
+//! - Each commit's changes are published to the watch [`watch::Hub`] after they are in RocksDB
+//!   and before the index lock is released, so watchers see revisions in order.
 
 pub mod index;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,6 +83,18 @@ pub struct RangeResult {
 pub struct Mvcc {
     storage: Storage,
     index: RwLock<Index>,
+    hub: watch::Hub,
+}
+
+/// A slice of history read from storage for a catching-up watcher.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Whole revisions, ascending.
+    pub revisions: Vec<watch::RevEvents>,
+    /// The first revision not yet read.
+    pub next: i64,
+    /// Whether `next` is past the current revision (the watcher is caught up).
+    pub done: bool,
 }
 
 fn encode_value(kv: &KeyValue, tombstone: bool) -> Vec<u8> {
@@ -117,9 +132,11 @@ impl Mvcc {
     /// Opens the store over `storage`, rebuilding the key index from the `kv` column family.
     pub fn open(storage: Storage) -> Result<Arc<Mvcc>, StorageError> {
         let index = Self::load_index(&storage)?;
+        let hub = watch::Hub::new(index.current);
         Ok(Arc::new(Mvcc {
             storage,
             index: RwLock::new(index),
+            hub,
         }))
     }
 
@@ -155,8 +172,62 @@ impl Mvcc {
     /// Reloads the index from storage (after a snapshot replaced the data).
     pub fn reload(&self) -> Result<(), StorageError> {
         let fresh = Self::load_index(&self.storage)?;
-        *self.index.write() = fresh;
+        let mut index = self.index.write();
+        *index = fresh;
+        self.hub.reset(index.current);
         Ok(())
+    }
+
+    /// The watch hub.
+    pub fn hub(&self) -> &watch::Hub {
+        &self.hub
+    }
+
+    /// Reads history from revision `from` on, for a watcher catching up: whole revisions only,
+    /// stopping after about `max_events` events. Fails with [`MvccError::Compacted`] when `from`
+    /// is below the compacted revision (also when a compaction overtakes the read).
+    pub fn history(&self, from: i64, max_events: usize) -> Result<History, ReadError> {
+        let (current, compacted) = {
+            let i = self.index.read();
+            (i.current, i.compacted)
+        };
+        if from < compacted {
+            return Err(MvccError::Compacted.into());
+        }
+        let mut changes: Vec<(i64, KeyValue, bool)> = Vec::new();
+        let start = Revision::new(from.max(1), 0).to_bytes();
+        let end = Revision::new(current.saturating_add(1), 0).to_bytes();
+        let mut next = current.saturating_add(1);
+        self.storage.scan(Cf::Kv, &start, Some(&end), |k, v| {
+            let rev = Revision::from_bytes(k).map(|r| r.main).unwrap_or(0);
+            if changes.len() >= max_events && changes.last().is_some_and(|c| c.0 != rev) {
+                next = rev;
+                return Ok(false);
+            }
+            let (kv, tombstone) = decode_value(v)?;
+            changes.push((rev, kv, tombstone));
+            Ok(true)
+        })?;
+        if self.index.read().compacted > from {
+            return Err(MvccError::Compacted.into());
+        }
+        Ok(History {
+            revisions: watch::group(changes),
+            next,
+            done: next > current,
+        })
+    }
+
+    /// The key-value `key` had at revision `rev`, if it existed then and is not compacted away.
+    pub fn get_at(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>, StorageError> {
+        let index = self.index.read();
+        if rev < index.compacted {
+            return Ok(None);
+        }
+        match index.get(key, rev) {
+            Some(v) => Ok(fetch_values(&self.storage, None, &[v])?.pop()),
+            None => Ok(None),
+        }
     }
 
     /// The current revision.
@@ -204,6 +275,7 @@ impl Mvcc {
             mvcc: self,
             index: self.index.write(),
             pending: HashMap::new(),
+            changes: Vec::new(),
             batch: Batch::new(),
         }
     }
@@ -362,6 +434,7 @@ pub struct Writer<'a> {
     mvcc: &'a Mvcc,
     index: RwLockWriteGuard<'a, Index>,
     pending: HashMap<Revision, KeyValue>,
+    changes: Vec<(i64, KeyValue, bool)>,
     batch: Batch,
 }
 
@@ -448,6 +521,7 @@ impl Writer<'_> {
                 },
             },
         );
+        self.changes.push((main, kv.clone(), false));
         self.pending.insert(rev, kv);
         main
     }
@@ -477,6 +551,7 @@ impl Writer<'_> {
             };
             self.batch
                 .put(Cf::Kv, rev.to_bytes().to_vec(), encode_value(&tomb, true));
+            self.changes.push((main, tomb, true));
             self.index.push(
                 &v.key,
                 KeyEvent {
@@ -517,7 +592,10 @@ impl Writer<'_> {
             current.to_be_bytes().to_vec(),
         );
         let batch = std::mem::take(&mut self.batch);
-        self.mvcc.storage.write(batch, false)
+        self.mvcc.storage.write(batch, false)?;
+        let changes = std::mem::take(&mut self.changes);
+        self.mvcc.hub.publish(watch::group(changes), current);
+        Ok(())
     }
 }
 

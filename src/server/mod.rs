@@ -10,6 +10,7 @@ pub mod guard;
 pub mod kv;
 pub mod maintenance;
 pub mod validate;
+pub mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::node::Node;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::etcdserverpb::watch_server::WatchServer;
 
 /// Failures of the client listener.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,9 @@ pub async fn serve(
     let cluster = ClusterServer::new(cluster::ClusterService::new(node.clone()));
     let maintenance = MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))
         .max_encoding_message_size(usize::MAX);
+    let watch = WatchServer::new(watch::WatchService::new(node.clone()))
+        .max_decoding_message_size(max_recv)
+        .max_encoding_message_size(usize::MAX);
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
     for l in listeners {
@@ -72,7 +77,8 @@ pub async fn serve(
             .tcp_nodelay(true)
             .add_service(kv.clone())
             .add_service(cluster.clone())
-            .add_service(maintenance.clone());
+            .add_service(maintenance.clone())
+            .add_service(watch.clone());
         let incoming = TcpListenerStream::new(l);
         servers.push(tokio::spawn(async move {
             router

@@ -482,3 +482,97 @@ impl Cluster {
             .map(|(i, _)| *i)
     }
 }
+
+/// A long-running `etcdctl` (such as `watch`) whose output is read line by line; killed on drop.
+#[derive(Debug)]
+pub struct CtlProc {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl CtlProc {
+    /// Starts `etcdctl args...` against `endpoints`, with optional stdin (kept open).
+    pub fn spawn(endpoints: &str, args: &[&str], stdin: Option<&str>) -> CtlProc {
+        use std::io::{BufRead, Write};
+        let mut child = Command::new(etcdctl_bin())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn etcdctl");
+        if let Some(input) = stdin {
+            let s = child.stdin.as_mut().expect("stdin");
+            s.write_all(input.as_bytes()).expect("write stdin");
+            s.flush().expect("flush stdin");
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        for pipe in [
+            Box::new(out) as Box<dyn std::io::Read + Send>,
+            Box::new(err) as Box<dyn std::io::Read + Send>,
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    // etcdctl's client library logs JSON warnings on stderr; they are noise here.
+                    if line.starts_with("{\"level\"") {
+                        continue;
+                    }
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        CtlProc { child, lines: rx }
+    }
+
+    /// The next line, if one arrives within `timeout`.
+    pub fn line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// The next `n` lines (panics if they do not arrive within [`WAIT`]).
+    pub fn lines(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => out.push(l),
+                Err(_) => panic!("expected {n} lines from etcdctl, got {out:?}"),
+            }
+        }
+        out
+    }
+
+    /// Waits for the process to exit and returns the lines it printed until then.
+    pub fn rest(mut self) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut out = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(500)) {
+            out.push(l);
+        }
+        out
+    }
+}
+
+impl Drop for CtlProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

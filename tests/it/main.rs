@@ -7,3 +7,4 @@ mod harness;
 mod kv_client;
 mod kv_etcdctl;
 mod persistence;
+mod watch;
