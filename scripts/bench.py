@@ -94,12 +94,12 @@ class Cluster:
             st = json.loads(r.stdout)
         except ValueError:
             return None
-        leaders = {s["Status"]["leader"] for s in st}
+        leaders = {s["Status"].get("leader", 0) for s in st}
         if len(leaders) != 1 or 0 in leaders or len(st) != len(running):
             return None
         lid = leaders.pop()
         for m, s in zip(running, st):
-            if s["Status"]["header"]["member_id"] == lid:
+            if s["Status"].get("header", {}).get("member_id") == lid:
                 return m
         return None
 

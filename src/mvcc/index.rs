@@ -191,8 +191,12 @@ impl Index {
             if idx == 0 {
                 return true;
             }
+            // The latest change at or below `at` survives, so reads at `at` see it; a tombstone
+            // survives only when it is exactly at `at`, so a watch from `at` still sees the
+            // delete (a later compaction drops it).
             let keep_from = match events[idx - 1].kind {
                 EventKind::Put { .. } => idx - 1,
+                EventKind::Tombstone if events[idx - 1].rev.main == at => idx - 1,
                 EventKind::Tombstone => idx,
             };
             dropped.extend(events.drain(..keep_from).map(|e| e.rev));
@@ -256,8 +260,13 @@ mod tests {
             idx.get(b"a", 5).map(|v| (v.create, v.version)),
             Some((5, 1))
         );
+        // A tombstone exactly at the compact revision survives (a watch from 4 sees the delete);
+        // the next compaction drops it.
         let dropped = idx.compact(4);
-        assert_eq!(dropped.len(), 3);
+        assert_eq!(dropped.len(), 2);
+        assert_eq!(idx.get(b"a", 4), None);
+        assert_eq!(idx.get(b"a", 5).map(|v| v.version), Some(1));
+        assert_eq!(idx.compact(5), vec![Revision::new(4, 0)]);
         assert_eq!(idx.get(b"a", 5).map(|v| v.version), Some(1));
     }
 

@@ -169,11 +169,16 @@ impl Mvcc {
         Ok(index)
     }
 
-    /// Reloads the index from storage (after a snapshot replaced the data).
-    pub fn reload(&self) -> Result<(), StorageError> {
-        let fresh = Self::load_index(&self.storage)?;
+    /// Replaces the whole store (a snapshot install): runs `write` and rebuilds the index while
+    /// holding the index lock, so no reader sees the new data through the old index, then tells
+    /// watchers to catch up.
+    pub fn replace(
+        &self,
+        write: impl FnOnce() -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         let mut index = self.index.write();
-        *index = fresh;
+        write()?;
+        *index = Self::load_index(&self.storage)?;
         self.hub.reset(index.current);
         Ok(())
     }
@@ -199,7 +204,13 @@ impl Mvcc {
         let end = Revision::new(current.saturating_add(1), 0).to_bytes();
         let mut next = current.saturating_add(1);
         self.storage.scan(Cf::Kv, &start, Some(&end), |k, v| {
-            let rev = Revision::from_bytes(k).map(|r| r.main).unwrap_or(0);
+            let rev =
+                Revision::from_bytes(k)
+                    .map(|r| r.main)
+                    .ok_or_else(|| StorageError::Corrupt {
+                        cf: "kv",
+                        detail: format!("bad revision key {k:?}"),
+                    })?;
             if changes.len() >= max_events && changes.last().is_some_and(|c| c.0 != rev) {
                 next = rev;
                 return Ok(false);

@@ -243,8 +243,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })?;
             b.put(cf, k, v);
         }
-        self.storage.write(b, true).map_err(sm_write_err)?;
-        self.mvcc.reload().map_err(sm_write_err)?;
+        let storage = self.storage.clone();
+        self.mvcc
+            .replace(move || storage.write(b, true))
+            .map_err(sm_write_err)?;
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             last_log_id = ?meta.last_log_id,

@@ -42,6 +42,8 @@ const CATCH_UP_BATCH: usize = 1000;
 const STREAM_BUFFER: usize = 128;
 /// etcd's reason for a client-chosen watch ID that is already in use on the stream.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// etcd's reason for a watch whose range end is not above its key.
+const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 
 /// The Watch service.
 #[derive(Clone, Debug)]
@@ -114,6 +116,8 @@ struct WatchStreamTask {
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
+    /// The highest revision this stream has processed (delivered to every watcher wanting it).
+    seen: i64,
 }
 
 impl Drop for WatchStreamTask {
@@ -138,6 +142,7 @@ impl WatchStreamTask {
             tx,
             watchers: BTreeMap::new(),
             next_id: 0,
+            seen: 0,
         }
     }
 
@@ -146,11 +151,18 @@ impl WatchStreamTask {
         let mut hub = self.node.mvcc.hub().subscribe();
         let period = self.node.settings.watch_progress_notify_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // A client may close its sending side and keep reading (one create, then events), as
+        // etcd allows: the stream then lives until the client stops reading.
+        let mut half_closed = false;
         loop {
             let step = tokio::select! {
-                req = inbound.message() => match req {
+                req = inbound.message(), if !half_closed => match req {
                     Ok(Some(req)) => self.request(req, &mut hub).await,
-                    Ok(None) | Err(_) => Err(Gone),
+                    Ok(None) => {
+                        half_closed = true;
+                        Ok(())
+                    }
+                    Err(_) => Err(Gone),
                 },
                 msg = hub.recv() => self.hub_message(msg).await,
                 _ = ticker.tick() => self.progress_tick().await,
@@ -206,7 +218,7 @@ impl WatchStreamTask {
                 let published = self.node.mvcc.hub().published();
                 self.drain(hub).await?;
                 self.send(WatchResponse {
-                    header: self.header(published),
+                    header: self.header(published.max(self.seen)),
                     watch_id: -1,
                     ..Default::default()
                 })
@@ -256,6 +268,18 @@ impl WatchStreamTask {
             id
         };
         let key = if c.key.is_empty() { vec![0] } else { c.key };
+        if !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end {
+            return self
+                .send(WatchResponse {
+                    header: self.header(current),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: EMPTY_RANGE.to_string(),
+                    ..Default::default()
+                })
+                .await;
+        }
         let next = if c.start_revision == 0 {
             current + 1
         } else {
@@ -301,6 +325,7 @@ impl WatchStreamTask {
             Ok(HubMsg::Commit(revs)) => {
                 for r in revs.iter() {
                     self.deliver(r).await?;
+                    self.seen = self.seen.max(r.revision);
                 }
                 Ok(())
             }
@@ -432,6 +457,7 @@ impl WatchStreamTask {
                         if let Some(w) = self.watchers.get_mut(&id) {
                             w.next = w.next.max(h.next);
                         }
+                        self.seen = self.seen.max(h.next - 1);
                         if h.done {
                             break;
                         }

@@ -545,3 +545,76 @@ async fn watch_guarantees_across_leader_kill_and_reconnect() {
         assert!(got == want, "recorder {i}: events differ from the history");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_streams_tombstones_at_compaction_and_bad_creates() {
+    use oxcd::proto::etcdserverpb::watch_client::WatchClient;
+    use oxcd::proto::etcdserverpb::watch_request::RequestUnion;
+    use oxcd::proto::etcdserverpb::{WatchCreateRequest, WatchRequest};
+
+    let c = Cluster::start(1).await;
+    let mut kv = c.client().await;
+    kv.put("k", "v", None).await.expect("put");
+    let del = kv.delete("k", None).await.expect("delete");
+    let del_rev = del.header().expect("h").revision();
+    kv.compact(del_rev, None)
+        .await
+        .expect("compact at the delete");
+
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[0].endpoint()))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut wc = WatchClient::new(ch);
+    let create = |key: &[u8], end: &[u8], start: i64| WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.to_vec(),
+            range_end: end.to_vec(),
+            start_revision: start,
+            ..Default::default()
+        })),
+    };
+    // One create, then the client closes its side: the stream keeps delivering, and a watch from
+    // the compact revision still sees the delete made at that revision.
+    let mut s = wc
+        .watch(tokio_stream::iter(vec![create(b"k", b"", del_rev)]))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, s.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open");
+    assert!(first.created);
+    let r = tokio::time::timeout(WAIT, s.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open");
+    assert_eq!(r.events.len(), 1, "{r:?}");
+    assert_eq!(r.events[0].r#type, 1, "DELETE at the compact revision");
+    kv.put("k", "after", None).await.expect("put");
+    let r = tokio::time::timeout(WAIT, s.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open after half-close");
+    assert_eq!(r.events[0].kv.as_ref().expect("kv").value, b"after");
+
+    // A range whose end is not above its key is refused as etcd does.
+    let mut s = wc
+        .watch(tokio_stream::iter(vec![create(b"b", b"a", 0)]))
+        .await
+        .expect("watch")
+        .into_inner();
+    let r = tokio::time::timeout(WAIT, s.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open");
+    assert!(r.created && r.canceled);
+    assert_eq!(r.watch_id, -1);
+    assert_eq!(r.cancel_reason, "mvcc: watcher range is empty");
+}
