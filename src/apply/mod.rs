@@ -32,6 +32,23 @@ pub enum Op {
     Txn(Pb<TxnRequest>),
     /// KV Compact.
     Compact(Pb<CompactionRequest>),
+    /// Several commands proposed together (one log entry), applied in order; each keeps its own
+    /// revision and result.
+    Batch(Vec<Op>),
+}
+
+impl Op {
+    /// About how many bytes the command takes (to bound batches).
+    pub fn size_hint(&self) -> usize {
+        use prost::Message;
+        match self {
+            Op::Put(r) => r.0.encoded_len(),
+            Op::DeleteRange(r) => r.0.encoded_len(),
+            Op::Txn(r) => r.0.encoded_len(),
+            Op::Compact(r) => r.0.encoded_len(),
+            Op::Batch(ops) => ops.iter().map(Op::size_hint).sum(),
+        }
+    }
 }
 
 /// The outcome of applying one command, returned identically by every member.
@@ -52,6 +69,8 @@ pub enum Applied {
     },
     /// The command failed deterministically and changed nothing.
     Failed(MvccError),
+    /// The results of an [`Op::Batch`], in order.
+    Batch(Vec<Applied>),
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -99,6 +118,11 @@ pub fn apply_op(w: &mut Writer<'_>, op: &Op) -> Result<Applied, StorageError> {
             }
             Err(e) => Ok(Applied::Failed(e)),
         },
+        Op::Batch(ops) => ops
+            .iter()
+            .map(|op| apply_op(w, op))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Applied::Batch),
     }
 }
 
@@ -332,4 +356,43 @@ fn exec_txn(
         succeeded: ok,
         responses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::Mvcc;
+    use crate::storage::Storage;
+
+    fn put(key: &str, lease: i64) -> Op {
+        Op::Put(Pb(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn a_batch_applies_each_op_in_order_with_its_own_revision_and_result() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mvcc = Mvcc::open(Storage::open(dir.path()).expect("open")).expect("mvcc");
+        let mut w = mvcc.writer();
+        let batch = Op::Batch(vec![put("a", 0), put("b", 7), put("c", 0)]);
+        let got = apply_op(&mut w, &batch).expect("apply");
+        w.commit().expect("commit");
+        let Applied::Batch(results) = got else {
+            panic!("expected a batch result, got {got:?}");
+        };
+        let revs: Vec<Option<i64>> = results
+            .iter()
+            .map(|r| match r {
+                Applied::Put(Pb(p)) => p.header.as_ref().map(|h| h.revision),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(revs, [Some(2), None, Some(3)]);
+        assert_eq!(results[1], Applied::Failed(MvccError::LeaseNotFound));
+        assert_eq!(mvcc.current_revision(), 3);
+    }
 }

@@ -45,7 +45,19 @@ pub struct LogStore {
 
 struct Inner {
     storage: Storage,
-    syncer: parking_lot::Mutex<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    syncer: parking_lot::Mutex<Option<mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    /// Stops the sync thread and waits for it, so no thread still uses RocksDB after the log
+    /// store is gone (a RocksDB handle closed during process exit can crash it).
+    fn drop(&mut self) {
+        self.syncer.lock().take();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl LogStore {
@@ -53,7 +65,7 @@ impl LogStore {
     pub fn new(storage: Storage) -> io::Result<LogStore> {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let sync_storage = storage.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("oxcd-log-sync".to_string())
             .spawn(move || {
                 // Ends when every sender is gone.
@@ -75,7 +87,8 @@ impl LogStore {
         Ok(LogStore {
             inner: Arc::new(Inner {
                 storage,
-                syncer: parking_lot::Mutex::new(tx),
+                syncer: parking_lot::Mutex::new(Some(tx)),
+                thread: parking_lot::Mutex::new(Some(thread)),
             }),
         })
     }
@@ -193,11 +206,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             b.put(Cf::RaftLog, idx_key(e.log_id.index).to_vec(), raw);
         }
         self.inner.storage.write(b, false).map_err(write_err)?;
+        let stopped = || write_err(io::Error::other("log sync thread stopped"));
         self.inner
             .syncer
             .lock()
+            .as_ref()
+            .ok_or_else(stopped)?
             .send(callback)
-            .map_err(|_| write_err(io::Error::other("log sync thread stopped")))
+            .map_err(|_| stopped())
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {

@@ -12,6 +12,7 @@
 // openraft's trait signatures fix the (large) storage error type.
 #![allow(clippy::result_large_err)]
 
+mod batch;
 mod log_store;
 pub mod membership;
 mod peer;
@@ -128,6 +129,7 @@ pub(crate) struct Shared {
     max_learners: usize,
     strict: bool,
     membership_lock: tokio::sync::Mutex<()>,
+    proposals: tokio::sync::mpsc::UnboundedSender<batch::Pending>,
 }
 
 fn forward_err(e: RaftError<u64, ClientWriteError<u64, Member>>, me: u64) -> ProposeError {
@@ -154,11 +156,11 @@ fn leader_err(e: RaftError<u64, CheckIsLeaderError<u64, Member>>, me: u64) -> Pr
 
 impl Shared {
     async fn write_local(&self, op: Op) -> Result<Applied, ProposeError> {
-        match tokio::time::timeout(self.request_timeout, self.raft.client_write(op)).await {
-            Err(_) => Err(ProposeError::Timeout),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(e)) => Err(forward_err(e, self.id)),
-        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.proposals
+            .send((op, tx))
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
     }
 
     async fn local_read_index(&self) -> Result<u64, ProposeError> {
@@ -288,6 +290,11 @@ impl RaftNode {
             .map_err(|e| StartError::Raft(e.to_string()))?;
         Ok(RaftNode {
             shared: Arc::new(Shared {
+                proposals: {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    tokio::spawn(batch::run(raft.clone(), id, settings.request_timeout, rx));
+                    tx
+                },
                 raft,
                 id,
                 peers,
