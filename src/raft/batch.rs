@@ -8,6 +8,8 @@
 //! - At most [`MAX_IN_FLIGHT`] batches are in raft at once; proposals arriving meanwhile wait and
 //!   form the next batch. A batch holds at most [`MAX_OPS`] ops and about [`MAX_BYTES`] bytes.
 //! - Every proposal gets exactly one answer: its own result, or the batch's error.
+//! - Linearizable reads share leadership checks the same way ([`run_reads`]); a read only ever
+//!   shares a check that started after it arrived.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,5 +102,34 @@ async fn write(
         Err(_) => Err(ProposeError::Timeout),
         Ok(Ok(resp)) => Ok(resp.data),
         Ok(Err(e)) => Err(forward_err(e, me)),
+    }
+}
+
+/// One waiting linearizable read and where its read index goes.
+pub(super) type PendingRead = oneshot::Sender<Result<u64, ProposeError>>;
+
+/// Serves read-index requests: every read waiting when a leadership check starts shares that
+/// check (one heartbeat round to a quorum), as etcd shares one ReadIndex among concurrent reads.
+/// A read that arrives while a check is running waits for the next one, so its index is
+/// confirmed after it arrived (linearizable).
+pub(super) async fn run_reads(
+    raft: Raft<TypeConfig>,
+    me: u64,
+    timeout: Duration,
+    mut rx: mpsc::UnboundedReceiver<PendingRead>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let res = match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
+            Err(_) => Err(ProposeError::Timeout),
+            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(e)) => Err(super::leader_err(e, me)),
+        };
+        for w in waiting {
+            let _ = w.send(res.clone());
+        }
     }
 }

@@ -130,6 +130,7 @@ pub(crate) struct Shared {
     strict: bool,
     membership_lock: tokio::sync::Mutex<()>,
     proposals: tokio::sync::mpsc::UnboundedSender<batch::Pending>,
+    reads: tokio::sync::mpsc::UnboundedSender<batch::PendingRead>,
 }
 
 fn forward_err(e: RaftError<u64, ClientWriteError<u64, Member>>, me: u64) -> ProposeError {
@@ -164,11 +165,9 @@ impl Shared {
     }
 
     async fn local_read_index(&self) -> Result<u64, ProposeError> {
-        match tokio::time::timeout(self.request_timeout, self.raft.get_read_log_id()).await {
-            Err(_) => Err(ProposeError::Timeout),
-            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
-            Ok(Err(e)) => Err(leader_err(e, self.id)),
-        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.reads.send(tx).map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
     }
 
     async fn change_membership_local(
@@ -290,6 +289,16 @@ impl RaftNode {
             .map_err(|e| StartError::Raft(e.to_string()))?;
         Ok(RaftNode {
             shared: Arc::new(Shared {
+                reads: {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    tokio::spawn(batch::run_reads(
+                        raft.clone(),
+                        id,
+                        settings.request_timeout,
+                        rx,
+                    ));
+                    tx
+                },
                 proposals: {
                     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                     tokio::spawn(batch::run(raft.clone(), id, settings.request_timeout, rx));
