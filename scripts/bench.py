@@ -156,6 +156,7 @@ def main():
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies request totals")
     ap.add_argument("--rounds", type=int, default=1, help="repeat each workload, keep the best")
     ap.add_argument("--failovers", type=int, default=3, help="leader SIGKILLs per server kind")
+    ap.add_argument("--no-watch", dest="watch", action="store_false", help="skip the watch workloads")
     args = ap.parse_args()
     bench_bin = os.path.join(args.bin_dir, "oxcd-bench")
     oxcd_bin = os.path.join(args.bin_dir, "oxcd")
@@ -164,6 +165,7 @@ def main():
     print(f"# oxcd vs {ver}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}\n")
     workdir = tempfile.mkdtemp(prefix="oxcd-bench-")
     rows = []
+    watch_rows = []
     try:
         for n in [int(s) for s in args.sizes.split(",")]:
             clusters = {}
@@ -183,6 +185,20 @@ def main():
                             if kind not in best or r["requests_per_sec"] > best[kind]["requests_per_sec"]:
                                 best[kind] = r
                     rows.append((n, label, best["etcd"], best["oxcd"]))
+                if n == 1 and args.watch:
+                    fan = {}
+                    for kind, c in clusters.items():
+                        fan[kind] = bench(bench_bin, c.endpoints(), 1, 10,
+                                          ["watch", "--watchers=1000", f"--total={int(300 * args.scale)}",
+                                           "--put-rate=100"])
+                    watch_rows.append(("watch fan-out: 1000 watchers, 1 writer at 100 puts/s", fan))
+                    stalled = {}
+                    for kind, c in clusters.items():
+                        stalled[kind] = bench(bench_bin, c.endpoints(), 100, 10,
+                                              ["put", f"--total={int(20000 * args.scale)}", "--val-size=256",
+                                               "--key-space-size=100000", "--stalled-watchers=1000"])
+                    rows.append((n, "put, 100 clients / 10 conns, 1000 stalled watchers",
+                                 stalled["etcd"], stalled["oxcd"]))
             finally:
                 for c in clusters.values():
                     c.stop()
@@ -213,6 +229,16 @@ def main():
         print(f"| {n} | {label} | {e['requests_per_sec']:.0f} | {o['requests_per_sec']:.0f} | "
               f"{ratio:.2f} | {e['latency_ms']['p50']:.2f} / {e['latency_ms']['p99']:.2f} | "
               f"{o['latency_ms']['p50']:.2f} / {o['latency_ms']['p99']:.2f} |")
+    if watch_rows:
+        print()
+        print("| workload | etcd events/s | oxcd events/s | oxcd/etcd | etcd delivery p50/p99 ms | oxcd delivery p50/p99 ms |")
+        print("|---|---|---|---|---|---|")
+        for label, f in watch_rows:
+            e, o = f["etcd"], f["oxcd"]
+            print(f"| {label} | {e['events_per_sec']:.0f} | {o['events_per_sec']:.0f} | "
+                  f"{o['events_per_sec'] / max(e['events_per_sec'], 1e-9):.2f} | "
+                  f"{e['latency_ms']['p50']:.1f} / {e['latency_ms']['p99']:.1f} | "
+                  f"{o['latency_ms']['p50']:.1f} / {o['latency_ms']['p99']:.1f} |")
 
 
 if __name__ == "__main__":

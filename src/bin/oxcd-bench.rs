@@ -5,6 +5,8 @@
 //! oxcd-bench --endpoints=127.0.0.1:2379 --clients=100 --conns=10 put --total=10000 --val-size=256
 //! oxcd-bench --endpoints=127.0.0.1:2379 range foo --consistency=l --total=10000
 //! oxcd-bench --endpoints=127.0.0.1:2379,127.0.0.1:22379 first-write --timeout=30s
+//! oxcd-bench --endpoints=127.0.0.1:2379 --conns=10 watch --watchers=1000 --total=500 --put-rate=100
+//! oxcd-bench --endpoints=127.0.0.1:2379 --clients=100 --conns=10 put --stalled-watchers=1000
 //! ```
 //!
 //! Invariants: `--clients` concurrent workers share `--conns` HTTP/2 connections round-robin and
@@ -18,7 +20,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use oxcd::proto::etcdserverpb::kv_client::KvClient;
-use oxcd::proto::etcdserverpb::{PutRequest, RangeRequest};
+use oxcd::proto::etcdserverpb::watch_client::WatchClient;
+use oxcd::proto::etcdserverpb::watch_request::RequestUnion;
+use oxcd::proto::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest, WatchRequest};
 use tonic::transport::{Channel, Endpoint};
 
 /// Command line.
@@ -61,6 +65,27 @@ enum Cmd {
         /// Choose keys in order instead of at random.
         #[arg(long)]
         sequential_keys: bool,
+        /// Before the load, open this many watchers on every key whose streams are never read
+        /// (a stalled watcher must not slow writes).
+        #[arg(long, default_value_t = 0)]
+        stalled_watchers: usize,
+    },
+    /// Watch fan-out: `--watchers` watchers on one prefix (spread over `--conns` streams), one
+    /// writer putting `--total` keys at `--put-rate` per second; reports events delivered per
+    /// second and the put-to-delivery latency.
+    Watch {
+        /// Number of watchers.
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// Number of puts.
+        #[arg(long, default_value_t = 500)]
+        total: u64,
+        /// Puts per second.
+        #[arg(long, default_value_t = 100)]
+        put_rate: u64,
+        /// Value size in bytes (at least 16: the value carries the send time).
+        #[arg(long, default_value_t = 64)]
+        val_size: usize,
     },
     /// Ranges over `key` (to `end`, if given) `--total` times.
     Range {
@@ -101,6 +126,197 @@ enum BenchError {
     /// `first-write` never succeeded.
     #[error("no write succeeded within {0:?}")]
     NoWrite(Duration),
+    /// A watch stream failed.
+    #[error("watch: {0}")]
+    Watch(String),
+}
+
+fn create(key: &[u8], range_end: &[u8]) -> WatchRequest {
+    WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Opens `n` watchers on `[key, range_end)` spread over `chans` (one stream per channel) and
+/// waits until every one is created. Returns the response streams (the caller reads them, or
+/// holds them unread to stall them) and the senders that keep the streams open.
+async fn open_watchers(
+    chans: &[Channel],
+    n: usize,
+    key: &[u8],
+    range_end: &[u8],
+) -> Result<
+    (
+        Vec<tonic::Streaming<oxcd::proto::etcdserverpb::WatchResponse>>,
+        Vec<tokio::sync::mpsc::Sender<WatchRequest>>,
+    ),
+    BenchError,
+> {
+    let mut streams = Vec::new();
+    let mut senders = Vec::new();
+    let per = n.div_ceil(chans.len().max(1));
+    let mut left = n;
+    for ch in chans {
+        if left == 0 {
+            break;
+        }
+        let k = per.min(left);
+        left -= k;
+        let (tx, rx) = tokio::sync::mpsc::channel(k + 1);
+        for _ in 0..k {
+            tx.send(create(key, range_end))
+                .await
+                .map_err(|e| BenchError::Watch(e.to_string()))?;
+        }
+        let mut s = WatchClient::new(ch.clone())
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|e| BenchError::Watch(e.to_string()))?
+            .into_inner();
+        let mut created = 0;
+        while created < k {
+            match s.message().await {
+                Ok(Some(r)) if r.created => created += 1,
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(BenchError::Watch("stream closed".into())),
+                Err(e) => return Err(BenchError::Watch(e.to_string())),
+            }
+        }
+        streams.push(s);
+        senders.push(tx);
+    }
+    Ok((streams, senders))
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+async fn watch_fanout(
+    args: &Args,
+    watchers: usize,
+    total: u64,
+    put_rate: u64,
+    val_size: usize,
+) -> Result<(), BenchError> {
+    let chans = channels(&args.endpoints, args.conns.max(1))?;
+    let prefix = format!("oxcd-bench/watch/{}/", now_nanos());
+    let mut end = prefix.clone().into_bytes();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let (streams, _keep) = open_watchers(&chans, watchers, prefix.as_bytes(), &end).await?;
+    let expected = total * watchers as u64;
+    let received = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(parking_lot::Mutex::new(
+        Histogram::<u64>::new(3).map_err(|e| BenchError::Usage(e.to_string()))?,
+    ));
+    let start = Instant::now();
+    let mut readers = Vec::new();
+    for mut s in streams {
+        let received = received.clone();
+        let hist = hist.clone();
+        readers.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new(3).ok();
+            let mut n = 0u64;
+            while let Ok(Some(r)) = s.message().await {
+                let at = now_nanos();
+                for ev in &r.events {
+                    let Some(kv) = ev.kv.as_ref() else { continue };
+                    if kv.value.len() >= 8 {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&kv.value[..8]);
+                        let sent = u64::from_be_bytes(b);
+                        if let Some(h) = local.as_mut() {
+                            let _ = h.record(at.saturating_sub(sent) / 1000);
+                        }
+                    }
+                    n += 1;
+                }
+                if received.fetch_add(r.events.len() as u64, Ordering::Relaxed)
+                    + r.events.len() as u64
+                    >= expected
+                {
+                    break;
+                }
+            }
+            if let Some(h) = local {
+                let _ = hist.lock().add(h);
+            }
+            n
+        }));
+    }
+    // The writer has a connection of its own, as a separate client would.
+    let mut kv = KvClient::new(channels(&args.endpoints, 1)?.remove(0));
+    let gap = Duration::from_secs_f64(1.0 / put_rate.max(1) as f64);
+    let mut next = tokio::time::Instant::now();
+    let mut put_errors = 0u64;
+    for i in 0..total {
+        tokio::time::sleep_until(next).await;
+        next += gap;
+        let mut value = now_nanos().to_be_bytes().to_vec();
+        value.resize(val_size.max(16), b'v');
+        let put = kv.put(PutRequest {
+            key: format!("{prefix}{i:08}").into_bytes(),
+            value,
+            ..Default::default()
+        });
+        if put.await.is_err() {
+            put_errors += 1;
+        }
+    }
+    let wait = tokio::time::timeout(Duration::from_secs(60), async {
+        while received.load(Ordering::Relaxed) < expected - put_errors * watchers as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let elapsed = start.elapsed();
+    for r in &readers {
+        r.abort();
+    }
+    let got = received.load(Ordering::Relaxed);
+    let h = hist.lock();
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    let eps = got as f64 / elapsed.as_secs_f64().max(1e-9);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "op": "watch", "watchers": watchers, "streams": chans.len(), "puts": total,
+                "put_errors": put_errors, "events": got, "expected": expected,
+                "complete": wait.is_ok(), "seconds": elapsed.as_secs_f64(),
+                "events_per_sec": eps,
+                "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": h.max() as f64 / 1000.0},
+            })
+        );
+    } else {
+        println!("Summary (watch fan-out, {watchers} watchers on {} streams, {total} puts at {put_rate}/s):", chans.len());
+        println!(
+            "  Events:       {got} of {expected} in {:.3} s ({eps:.0} events/s)",
+            elapsed.as_secs_f64()
+        );
+        println!(
+            "  Delivery latency (ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            h.max() as f64 / 1000.0
+        );
+    }
+    if wait.is_err() {
+        return Err(BenchError::Watch(format!(
+            "only {got} of {expected} events arrived within 60 s after the last put"
+        )));
+    }
+    Ok(())
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -334,13 +550,27 @@ async fn first_write(args: &Args, timeout: Duration, attempt: Duration) -> Resul
 
 async fn run(args: Args) -> Result<(), BenchError> {
     match &args.cmd {
+        Cmd::Watch {
+            watchers,
+            total,
+            put_rate,
+            val_size,
+        } => watch_fanout(&args, *watchers, *total, *put_rate, *val_size).await?,
         Cmd::Put {
             total,
             key_size,
             val_size,
             key_space_size,
             sequential_keys,
+            stalled_watchers,
         } => {
+            // Stalled watchers: created, then never read (held until the load ends).
+            let _stalled = if *stalled_watchers > 0 {
+                let chans = channels(&args.endpoints, args.conns.max(1))?;
+                Some(open_watchers(&chans, *stalled_watchers, &[0], &[0]).await?)
+            } else {
+                None
+            };
             let work = Work::Put {
                 key_size: *key_size,
                 value: vec![b'v'; *val_size],

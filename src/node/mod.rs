@@ -261,7 +261,9 @@ impl Node {
                 .add_service(peer_svc.clone());
             let stop = stop_all.clone();
             tokio::spawn(async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                // TCP_NODELAY on accepted peer sockets (tonic sets it only on listeners it binds).
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
                 if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
                     tracing::error!(error = %e, "peer server stopped");
                 }

@@ -427,6 +427,21 @@ impl Cluster {
             m.wait_serving().await;
         }
         c.wait_leader().await;
+        // Members publish their name and client URLs through the log after they start (etcd
+        // lists them as `unstarted` until then): wait until every member is listed as started.
+        let client = c.client().await;
+        wait_until("every member to publish its client URLs", WAIT, || {
+            let mut cl = client.clone();
+            async move {
+                cl.member_list().await.is_ok_and(|l| {
+                    l.members().len() == n
+                        && l.members()
+                            .iter()
+                            .all(|m| !m.name().is_empty() && !m.client_urls().is_empty())
+                })
+            }
+        })
+        .await;
         c
     }
 
