@@ -618,3 +618,90 @@ async fn half_closed_streams_tombstones_at_compaction_and_bad_creates() {
     assert_eq!(r.watch_id, -1);
     assert_eq!(r.cancel_reason, "mvcc: watcher range is empty");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragments_and_progress_notify() {
+    use oxcd::proto::etcdserverpb::watch_client::WatchClient;
+    use oxcd::proto::etcdserverpb::watch_request::RequestUnion;
+    use oxcd::proto::etcdserverpb::{WatchCreateRequest, WatchRequest};
+
+    let c = Cluster::start_with(
+        Kind::Oxcd,
+        1,
+        &[
+            "--max-request-bytes=4096",
+            "--watch-progress-notify-interval=200ms",
+        ],
+    )
+    .await;
+    let mut kv = c.client().await;
+    for i in 0..10 {
+        kv.put(format!("f/{i}"), vec![b'x'; 1000], None)
+            .await
+            .expect("put");
+    }
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[0].endpoint()))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let req = |key: &[u8], end: &[u8], fragment: bool, progress: bool| WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.to_vec(),
+            range_end: end.to_vec(),
+            prev_kv: true,
+            fragment,
+            progress_notify: progress,
+            ..Default::default()
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(req(b"f/", b"f0", true, false)).await.expect("send");
+    let mut s = WatchClient::new(ch.clone())
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("watch")
+        .into_inner();
+    assert!(recv_raw(&mut s).await.created);
+    // One delete of ten keys with prev_kv: ~20 KB of events in one revision, over 4 KiB.
+    kv.delete("f/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .expect("delete");
+    let mut pieces = Vec::new();
+    loop {
+        let r = recv_raw(&mut s).await;
+        let last = !r.fragment;
+        pieces.push(r);
+        if last {
+            break;
+        }
+    }
+    assert!(pieces.len() > 1, "the response was split");
+    let total: usize = pieces.iter().map(|p| p.events.len()).sum();
+    assert_eq!(total, 10, "every event once across the fragments");
+    let rev = pieces[0].header.as_ref().expect("h").revision;
+    assert!(pieces
+        .iter()
+        .all(|p| p.header.as_ref().expect("h").revision == rev));
+
+    // progress_notify: an idle watcher gets an empty response with the current revision.
+    tx.send(req(b"idle", b"", false, true)).await.expect("send");
+    let created = recv_raw(&mut s).await;
+    assert!(created.created);
+    let id = created.watch_id;
+    let r = recv_raw(&mut s).await;
+    assert_eq!(r.watch_id, id);
+    assert!(r.events.is_empty());
+    assert_eq!(r.header.as_ref().expect("h").revision, rev);
+}
+
+/// The next raw watch response, within [`WAIT`].
+async fn recv_raw(
+    s: &mut tonic::Streaming<oxcd::proto::etcdserverpb::WatchResponse>,
+) -> oxcd::proto::etcdserverpb::WatchResponse {
+    tokio::time::timeout(WAIT, s.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open")
+}
