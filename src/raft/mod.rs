@@ -265,8 +265,12 @@ impl RaftNode {
         let config = Config {
             cluster_name: "oxcd".to_string(),
             heartbeat_interval: heartbeat,
-            election_timeout_min: election,
-            election_timeout_max: election * 2,
+            // A follower that knows a leader campaigns after openraft's leader lease (which is
+            // `election_timeout_max`) plus a random time in [min, max) without hearing from it;
+            // etcd campaigns after a random time in [election, 2 x election). With min = 0.4 e and
+            // max = 0.6 e a follower campaigns after [1.0 e, 1.2 e), as soon as etcd's earliest.
+            election_timeout_min: (election * 2 / 5).max(heartbeat + 1),
+            election_timeout_max: (election * 3 / 5).max(heartbeat + 2),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_count.max(1)),
             max_in_snapshot_log_to_keep: 5000.min(settings.snapshot_count),
             max_payload_entries: 1024,
