@@ -284,7 +284,7 @@ impl RaftNode {
         let log = LogStore::new(storage.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
         let sm =
             StateMachine::open(storage, mvcc).map_err(|e| StartError::Storage(e.to_string()))?;
-        let peers = Peers::new(settings.max_message);
+        let peers = Peers::new(settings.max_message, settings.cluster_id);
         let network = PeerNetwork {
             peers: peers.clone(),
         };
@@ -495,7 +495,7 @@ impl RaftNode {
         peer_url: &str,
         timeout: Duration,
     ) -> Result<ClusterInfo, PeerError> {
-        let peers = Peers::new(16 * 1024 * 1024);
+        let peers = Peers::new(16 * 1024 * 1024, 0);
         let node = Member {
             peer_urls: vec![peer_url.to_string()],
             ..Default::default()

@@ -52,6 +52,10 @@ pub enum PeerError {
     Codec(String),
 }
 
+/// The metadata key carrying the sender's cluster ID (hex) on raft messages, as etcd's peers send
+/// `X-Etcd-Cluster-ID`.
+pub const CLUSTER_ID_HEADER: &str = "x-etcd-cluster-id";
+
 /// The message a member answers a removed member's raft messages with.
 pub const REMOVED_MEMBER: &str = "the member has been permanently removed from the cluster";
 
@@ -61,6 +65,7 @@ pub struct Peers {
     last_ok: Mutex<HashMap<u64, Instant>>,
     max_message: usize,
     removed: tokio::sync::watch::Sender<bool>,
+    cluster_id: u64,
 }
 
 impl std::fmt::Debug for Peers {
@@ -82,13 +87,15 @@ pub fn decode<T: DeserializeOwned>(p: &Payload) -> Result<T, PeerError> {
 }
 
 impl Peers {
-    /// An empty set of connections; messages up to `max_message` bytes.
-    pub fn new(max_message: usize) -> Arc<Peers> {
+    /// An empty set of connections of a member of `cluster_id` (0 while joining, when it is not
+    /// known yet); messages up to `max_message` bytes.
+    pub fn new(max_message: usize, cluster_id: u64) -> Arc<Peers> {
         Arc::new(Peers {
             conns: Mutex::new(HashMap::new()),
             last_ok: Mutex::new(HashMap::new()),
             max_message,
             removed: tokio::sync::watch::Sender::new(false),
+            cluster_id,
         })
     }
 
@@ -229,7 +236,11 @@ impl PeerConn {
         E: std::error::Error + DeserializeOwned,
         RaftError<u64, E>: std::error::Error,
     {
-        let payload = encode(req).map_err(|e| to_rpc_error(self.target, e))?;
+        let mut payload =
+            tonic::Request::new(encode(req).map_err(|e| to_rpc_error(self.target, e))?);
+        if let Ok(v) = format!("{:x}", self.peers.cluster_id).parse() {
+            payload.metadata_mut().insert(CLUSTER_ID_HEADER, v);
+        }
         let reply = self
             .peers
             .call(self.target, &self.node, ttl, |mut c| async move {

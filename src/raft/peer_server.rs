@@ -12,7 +12,7 @@ use super::membership::{MembershipError, MembershipOp};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::Vote;
 
-use super::peer::{decode, encode, PeerError, REMOVED_MEMBER};
+use super::peer::{decode, encode, PeerError, CLUSTER_ID_HEADER, REMOVED_MEMBER};
 use super::{ProposeError, Shared, TypeConfig};
 use crate::apply::{Applied, Op};
 use crate::proto::oxcdpeerpb::peer_server::Peer;
@@ -34,6 +34,28 @@ fn codec(e: PeerError) -> Status {
 impl PeerService {
     /// Refuses raft messages from a member that has been removed from the cluster, telling it so
     /// (it then stops, as etcd's removed members do).
+    fn refuse_other_cluster<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let theirs = req
+            .metadata()
+            .get(CLUSTER_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| u64::from_str_radix(v, 16).ok());
+        match theirs {
+            Some(id) if id != self.shared.cluster_id => {
+                tracing::error!(
+                    local = %format!("{:x}", self.shared.cluster_id),
+                    remote = %format!("{id:x}"),
+                    "rejected a raft message from another cluster (cluster ID mismatch)"
+                );
+                Err(Status::failed_precondition(format!(
+                    "cluster ID mismatch: this member belongs to cluster {:x}, the sender to {id:x}",
+                    self.shared.cluster_id
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn refuse_removed(&self, vote: &Vote<u64>) -> Result<(), Status> {
         match vote.leader_id().voted_for() {
             Some(from) if self.shared.state_machine.was_removed(from) => {
@@ -47,6 +69,7 @@ impl PeerService {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.refuse_other_cluster(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(codec)?;
         self.refuse_removed(&rpc.vote)?;
         let res = self.shared.raft.append_entries(rpc).await;
@@ -54,6 +77,7 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.refuse_other_cluster(&req)?;
         let rpc: VoteRequest<u64> = decode(req.get_ref()).map_err(codec)?;
         self.refuse_removed(&rpc.vote)?;
         let res = self.shared.raft.vote(rpc).await;
@@ -61,6 +85,7 @@ impl Peer for PeerService {
     }
 
     async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.refuse_other_cluster(&req)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(codec)?;
         self.refuse_removed(&rpc.vote)?;
         let res = self.shared.raft.install_snapshot(rpc).await;

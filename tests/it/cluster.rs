@@ -533,3 +533,47 @@ async fn reads_and_writes_through_followers() {
     }
     assert_eq!(cluster_ids.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_another_cluster_are_refused() {
+    let a = Cluster::start(1).await;
+    let mut kv = a.client().await;
+    kv.put("mine", "safe", None).await.expect("put");
+    // A member of a different cluster (other token) that lists A's peer URL as one of its own.
+    let spec = MemberSpec {
+        name: "b".to_string(),
+        client_port: free_port(),
+        peer_port: free_port(),
+        data_dir: a.dir.path().join("b.data"),
+        initial_cluster: String::new(),
+        state: "new".to_string(),
+        extra: vec!["--initial-cluster-token=another-cluster".to_string()],
+    };
+    let initial = format!(
+        "b={},{}={}",
+        spec.peer_url(),
+        a.members[0].spec.name,
+        a.members[0].spec.peer_url()
+    );
+    let b = Member::spawn(
+        Kind::Oxcd,
+        MemberSpec {
+            initial_cluster: initial,
+            ..spec
+        },
+        a.dir.path(),
+    );
+    wait_until("A to refuse B's raft messages", WAIT, || {
+        let log = a.members[0].log();
+        async move { log.contains("cluster ID mismatch") }
+    })
+    .await;
+    // B never gets a leader; A keeps its data and its one-member cluster.
+    let mut bc = connect(&[b.endpoint()]).await;
+    let st = bc.status().await.expect("status of b");
+    assert_eq!(st.leader(), 0, "b has no quorum");
+    let g = kv.get("mine", None).await.expect("get");
+    assert_eq!(g.kvs()[0].value(), b"safe");
+    let list = kv.member_list().await.expect("member list");
+    assert_eq!(list.members().len(), 1);
+}

@@ -183,8 +183,14 @@ impl MemberSpec {
             format!("--initial-advertise-peer-urls={}", self.peer_url()),
             format!("--initial-cluster={}", self.initial_cluster),
             format!("--initial-cluster-state={}", self.state),
-            "--initial-cluster-token=it-cluster".to_string(),
         ];
+        if !self
+            .extra
+            .iter()
+            .any(|e| e.starts_with("--initial-cluster-token"))
+        {
+            a.push("--initial-cluster-token=it-cluster".to_string());
+        }
         a.extend(self.extra.iter().cloned());
         a
     }
