@@ -9,15 +9,18 @@ use crate::node::Node;
 /// Fails with `etcdserver: no leader` when the client asked for a leader (`hasleader: true`, as
 /// clientv3's `WithRequireLeader` and kube-apiserver do) and none is known.
 pub fn require_leader<T>(node: &Node, req: &Request<T>) -> Result<(), EtcdError> {
-    let wants = req
-        .metadata()
-        .get("hasleader")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if wants && node.raft.leader().is_none() {
+    if wants_leader(req) && node.raft.leader().is_none() {
         return Err(EtcdError::NoLeader);
     }
     Ok(())
+}
+
+/// Whether the client asked for a leader with the `hasleader: true` metadata.
+pub fn wants_leader<T>(req: &Request<T>) -> bool {
+    req.metadata()
+        .get("hasleader")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// Fails with `etcdserver: rpc not supported for learner` on a learner.

@@ -42,6 +42,8 @@ const CATCH_UP_BATCH: usize = 1000;
 const STREAM_BUFFER: usize = 128;
 /// etcd's reason for a client-chosen watch ID that is already in use on the stream.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// Election timeouts without a leader before a `hasleader` stream is cancelled.
+const NO_LEADER_TICKS: u32 = 3;
 /// etcd's reason for a watch whose range end is not above its key.
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 
@@ -71,9 +73,10 @@ impl Watch for WatchService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         guard::voter_rpc(&self.node, &request)?;
+        let require_leader = guard::wants_leader(&request);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = WatchStreamTask::new(self.node.clone(), tx);
-        tokio::spawn(stream.run(request.into_inner()));
+        tokio::spawn(stream.run(request.into_inner(), require_leader));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -146,7 +149,10 @@ impl WatchStreamTask {
         }
     }
 
-    async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+    /// Serves the stream until the client goes away. With `require_leader` (the client's
+    /// `hasleader` metadata), the stream is cancelled with `etcdserver: no leader` once this
+    /// member has had no leader for [`NO_LEADER_TICKS`] election timeouts, as etcd does.
+    async fn run(mut self, mut inbound: Streaming<WatchRequest>, require_leader: bool) {
         // Subscribe before anything is read from storage (see the hub's invariants).
         let mut hub = self.node.mvcc.hub().subscribe();
         let period = self.node.settings.watch_progress_notify_interval;
@@ -154,6 +160,10 @@ impl WatchStreamTask {
         // A client may close its sending side and keep reading (one create, then events), as
         // etcd allows: the stream then lives until the client stops reading.
         let mut half_closed = false;
+        let election = self.node.settings.election;
+        let mut leader_check =
+            tokio::time::interval_at(tokio::time::Instant::now() + election, election);
+        let mut leaderless = 0u32;
         loop {
             let step = tokio::select! {
                 req = inbound.message(), if !half_closed => match req {
@@ -166,6 +176,19 @@ impl WatchStreamTask {
                 },
                 msg = hub.recv() => self.hub_message(msg).await,
                 _ = ticker.tick() => self.progress_tick().await,
+                _ = leader_check.tick(), if require_leader => {
+                    if self.node.raft.leader().is_some() {
+                        leaderless = 0;
+                        Ok(())
+                    } else {
+                        leaderless += 1;
+                        if leaderless >= NO_LEADER_TICKS {
+                            self.fail(EtcdError::NoLeader).await
+                        } else {
+                            Ok(())
+                        }
+                    }
+                }
                 _ = self.tx.closed() => Err(Gone),
             };
             if step.is_err() {

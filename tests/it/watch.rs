@@ -705,3 +705,50 @@ async fn recv_raw(
         .expect("ok")
         .expect("open")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hasleader_stream_is_cancelled_when_the_leader_is_lost() {
+    use oxcd::proto::etcdserverpb::watch_client::WatchClient;
+    use oxcd::proto::etcdserverpb::watch_request::RequestUnion;
+    use oxcd::proto::etcdserverpb::{WatchCreateRequest, WatchRequest};
+
+    let mut c = Cluster::start(3).await;
+    let keep = (c.wait_leader().await + 1) % 3;
+    let ch =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[keep].endpoint()))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("send");
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("hasleader", "true".parse().expect("metadata"));
+    let mut s = WatchClient::new(ch)
+        .watch(req)
+        .await
+        .expect("watch")
+        .into_inner();
+    assert!(recv_raw(&mut s).await.created);
+    // Without its two peers the member has no leader; the stream ends with etcd's error.
+    for i in 0..3 {
+        if i != keep {
+            c.members[i].kill();
+        }
+    }
+    let end = tokio::time::timeout(WAIT, s.message())
+        .await
+        .expect("the stream ends in time");
+    let status = end.expect_err("an error status, not a message");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "etcdserver: no leader");
+    drop(tx);
+}
