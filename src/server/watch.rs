@@ -266,20 +266,28 @@ impl WatchStreamTask {
         }
     }
 
+    /// Refuses a create the way etcd does: `created` and `canceled` on watch ID -1, with a reason.
+    async fn refuse_create(&self, current: i64, reason: &str) -> Result<(), Gone> {
+        self.send(WatchResponse {
+            header: self.header(current),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.to_string(),
+            ..Default::default()
+        })
+        .await
+    }
+
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Gone> {
         let current = self.node.mvcc.current_revision();
+        let key = if c.key.is_empty() { vec![0] } else { c.key };
+        if !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end {
+            return self.refuse_create(current, EMPTY_RANGE).await;
+        }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {
-                return self
-                    .send(WatchResponse {
-                        header: self.header(current),
-                        watch_id: -1,
-                        created: true,
-                        canceled: true,
-                        cancel_reason: DUPLICATE_ID.to_string(),
-                        ..Default::default()
-                    })
-                    .await;
+                return self.refuse_create(current, DUPLICATE_ID).await;
             }
             c.watch_id
         } else {
@@ -290,19 +298,6 @@ impl WatchStreamTask {
             self.next_id += 1;
             id
         };
-        let key = if c.key.is_empty() { vec![0] } else { c.key };
-        if !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end {
-            return self
-                .send(WatchResponse {
-                    header: self.header(current),
-                    watch_id: -1,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: EMPTY_RANGE.to_string(),
-                    ..Default::default()
-                })
-                .await;
-        }
         let next = if c.start_revision == 0 {
             current + 1
         } else {

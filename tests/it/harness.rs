@@ -332,6 +332,15 @@ impl Member {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A raw gRPC channel to this member (for requests the `etcd-client` crate cannot express).
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.endpoint()))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
     /// A client connected to this member only.
     pub async fn client(&self) -> Client {
         connect(&[self.endpoint()]).await

@@ -25,11 +25,7 @@ fn keys(kvs: &[etcd_client::KeyValue]) -> Vec<String> {
 }
 
 async fn raw(c: &Cluster) -> KvClient<tonic::transport::Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[0].endpoint()))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = c.members[0].channel().await;
     KvClient::new(ch).max_decoding_message_size(64 * 1024 * 1024)
 }
 

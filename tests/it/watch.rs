@@ -561,11 +561,7 @@ async fn half_closed_streams_tombstones_at_compaction_and_bad_creates() {
         .await
         .expect("compact at the delete");
 
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[0].endpoint()))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = c.members[0].channel().await;
     let mut wc = WatchClient::new(ch);
     let create = |key: &[u8], end: &[u8], start: i64| WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
@@ -640,11 +636,7 @@ async fn fragments_and_progress_notify() {
             .await
             .expect("put");
     }
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[0].endpoint()))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = c.members[0].channel().await;
     let req = |key: &[u8], end: &[u8], fragment: bool, progress: bool| WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
             key: key.to_vec(),
@@ -714,12 +706,7 @@ async fn hasleader_stream_is_cancelled_when_the_leader_is_lost() {
 
     let mut c = Cluster::start(3).await;
     let keep = (c.wait_leader().await + 1) % 3;
-    let ch =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[keep].endpoint()))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
+    let ch = c.members[keep].channel().await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
