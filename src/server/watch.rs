@@ -369,12 +369,15 @@ impl WatchStreamTask {
             .map(|w| w.id)
             .collect();
         for id in ids {
-            self.deliver_to(id, r).await?;
+            self.deliver_to(id, r, r.revision).await?;
         }
         Ok(())
     }
 
-    async fn deliver_to(&mut self, id: i64, r: &RevEvents) -> Result<(), Gone> {
+    /// Sends `r`'s events that watcher `id` wants, in one response (or fragments) whose header
+    /// carries `header_rev`: the event's revision when live, the store's revision when catching
+    /// up, as etcd reports them.
+    async fn deliver_to(&mut self, id: i64, r: &RevEvents, header_rev: i64) -> Result<(), Gone> {
         let Some(w) = self.watchers.get(&id) else {
             return Ok(());
         };
@@ -403,7 +406,7 @@ impl WatchStreamTask {
         }
         let n = events.len() as u64;
         let resp = WatchResponse {
-            header: self.header(r.revision),
+            header: self.header(header_rev),
             watch_id: id,
             events,
             ..Default::default()
@@ -469,8 +472,9 @@ impl WatchStreamTask {
                     tokio::task::spawn_blocking(move || mvcc.history(from, CATCH_UP_BATCH)).await;
                 match read {
                     Ok(Ok(h)) => {
+                        let current = self.node.mvcc.current_revision();
                         for r in &h.revisions {
-                            self.deliver_to(id, r).await?;
+                            self.deliver_to(id, r, current).await?;
                         }
                         if let Some(w) = self.watchers.get_mut(&id) {
                             w.next = w.next.max(h.next);
