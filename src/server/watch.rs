@@ -218,13 +218,7 @@ impl WatchStreamTask {
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
-                if self.watchers.remove(&c.watch_id).is_some() {
-                    self.node
-                        .mvcc
-                        .hub()
-                        .stats
-                        .watchers
-                        .fetch_sub(1, Ordering::Relaxed);
+                if self.remove_watcher(c.watch_id) {
                     let rev = self.node.mvcc.current_revision();
                     self.send(WatchResponse {
                         header: self.header(rev),
@@ -333,6 +327,20 @@ impl WatchStreamTask {
             self.catch_up(Some(id)).await?;
         }
         Ok(())
+    }
+
+    /// Removes watcher `id` and keeps the watcher gauge in step; false if there was none.
+    fn remove_watcher(&mut self, id: i64) -> bool {
+        let found = self.watchers.remove(&id).is_some();
+        if found {
+            self.node
+                .mvcc
+                .hub()
+                .stats
+                .watchers
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        found
     }
 
     async fn hub_message(
@@ -485,13 +493,7 @@ impl WatchStreamTask {
                         }
                     }
                     Ok(Err(ReadError::Mvcc(MvccError::Compacted))) => {
-                        self.watchers.remove(&id);
-                        self.node
-                            .mvcc
-                            .hub()
-                            .stats
-                            .watchers
-                            .fetch_sub(1, Ordering::Relaxed);
+                        self.remove_watcher(id);
                         let compacted = self.node.mvcc.compacted_revision();
                         self.send(WatchResponse {
                             header: self.header(self.node.mvcc.current_revision()),

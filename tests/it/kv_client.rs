@@ -91,43 +91,42 @@ async fn range_put_delete_options() {
     assert!(g.more());
     assert_eq!(g.count(), 4);
 
-    // Sorting by every target.
-    let desc = GetOptions::new()
-        .with_all_keys()
-        .with_sort(SortTarget::Key, SortOrder::Descend);
-    assert_eq!(
-        keys(kv.get("", Some(desc)).await.expect("sort").kvs()),
-        ["d\0x", "c", "b", "a"]
-    );
-    let by_value = GetOptions::new()
-        .with_all_keys()
-        .with_sort(SortTarget::Value, SortOrder::Descend);
-    assert_eq!(
-        keys(kv.get("", Some(by_value)).await.expect("sort").kvs()),
-        ["d\0x", "a", "c", "b"]
-    );
-    let by_mod = GetOptions::new()
-        .with_all_keys()
-        .with_sort(SortTarget::Mod, SortOrder::Ascend);
-    assert_eq!(
-        keys(kv.get("", Some(by_mod)).await.expect("sort").kvs()),
-        ["b", "c", "a", "d\0x"]
-    );
-    let by_create = GetOptions::new()
-        .with_all_keys()
-        .with_sort(SortTarget::Create, SortOrder::Descend);
-    assert_eq!(
-        keys(kv.get("", Some(by_create)).await.expect("sort").kvs()),
-        ["d\0x", "c", "b", "a"]
-    );
-    let by_version = GetOptions::new()
-        .with_all_keys()
-        .with_sort(SortTarget::Version, SortOrder::Descend)
-        .with_limit(1);
-    assert_eq!(
-        keys(kv.get("", Some(by_version)).await.expect("sort").kvs()),
-        ["a"]
-    );
+    // Sorting by every target (the last case also limits).
+    let cases: [(SortTarget, SortOrder, i64, &[&str]); 5] = [
+        (
+            SortTarget::Key,
+            SortOrder::Descend,
+            0,
+            &["d\0x", "c", "b", "a"],
+        ),
+        (
+            SortTarget::Value,
+            SortOrder::Descend,
+            0,
+            &["d\0x", "a", "c", "b"],
+        ),
+        (
+            SortTarget::Mod,
+            SortOrder::Ascend,
+            0,
+            &["b", "c", "a", "d\0x"],
+        ),
+        (
+            SortTarget::Create,
+            SortOrder::Descend,
+            0,
+            &["d\0x", "c", "b", "a"],
+        ),
+        (SortTarget::Version, SortOrder::Descend, 1, &["a"]),
+    ];
+    for (target, order, limit, want) in cases {
+        let opts = GetOptions::new()
+            .with_all_keys()
+            .with_sort(target, order)
+            .with_limit(limit);
+        let got = kv.get("", Some(opts)).await.expect("sort");
+        assert_eq!(keys(got.kvs()), want, "sort by {target:?} {order:?}");
+    }
 
     // keys_only, count_only, serializable.
     let g = kv

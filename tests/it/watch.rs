@@ -578,25 +578,13 @@ async fn half_closed_streams_tombstones_at_compaction_and_bad_creates() {
         .await
         .expect("watch")
         .into_inner();
-    let first = tokio::time::timeout(WAIT, s.message())
-        .await
-        .expect("in time")
-        .expect("ok")
-        .expect("open");
+    let first = recv_raw(&mut s).await;
     assert!(first.created);
-    let r = tokio::time::timeout(WAIT, s.message())
-        .await
-        .expect("in time")
-        .expect("ok")
-        .expect("open");
+    let r = recv_raw(&mut s).await;
     assert_eq!(r.events.len(), 1, "{r:?}");
     assert_eq!(r.events[0].r#type, 1, "DELETE at the compact revision");
     kv.put("k", "after", None).await.expect("put");
-    let r = tokio::time::timeout(WAIT, s.message())
-        .await
-        .expect("in time")
-        .expect("ok")
-        .expect("open after half-close");
+    let r = recv_raw(&mut s).await;
     assert_eq!(r.events[0].kv.as_ref().expect("kv").value, b"after");
 
     // A range whose end is not above its key is refused as etcd does.
@@ -605,11 +593,7 @@ async fn half_closed_streams_tombstones_at_compaction_and_bad_creates() {
         .await
         .expect("watch")
         .into_inner();
-    let r = tokio::time::timeout(WAIT, s.message())
-        .await
-        .expect("in time")
-        .expect("ok")
-        .expect("open");
+    let r = recv_raw(&mut s).await;
     assert!(r.created && r.canceled);
     assert_eq!(r.watch_id, -1);
     assert_eq!(r.cancel_reason, "mvcc: watcher range is empty");
