@@ -3,7 +3,7 @@
 //! Layers (dependencies point downward only; a test scans `use crate::` lines to hold this):
 //!
 //! ```text
-//! main -> server -> node -> raft -> apply -> mvcc -> storage
+//! main -> server -> node -> raft -> apply -> {mvcc, lease} -> storage
 //! types, config, telemetry, proto: leaves, usable from anywhere
 //! ```
 //!
@@ -17,6 +17,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod lease;
 pub mod mvcc;
 pub mod node;
 pub mod proto;

@@ -3,19 +3,25 @@
 //! Invariants:
 //! - No clock, randomness or I/O other than the storage batch: every member applying the same
 //!   commands in the same order reaches the same state and returns the same [`Applied`] values.
+//!   (A primary lessor stamps leader-local deadlines on grants; they are not replicated state.)
 //! - A command that fails (compacted revision, missing key, unknown lease) changes nothing: every
 //!   check runs before the first write.
 //! - The ops of one transaction share one revision; nested transactions share their parent's.
+//! - Lease attachments follow the keys: after each command, the keys it put or deleted are handed
+//!   to the lessor, so a revoke later in the same batch sees them. A revoke deletes its lease's
+//!   keys in one revision, through the same writer, so watchers see the DELETEs.
 
 mod pb;
 
-use crate::mvcc::{MvccError, ReadError, TxnState, Writer};
+use crate::lease::{LeaseError, Lessor};
+use crate::mvcc::{Mvcc, MvccError, ReadError, TxnState, Writer};
 use crate::proto::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     request_op::Request,
     response_op::Response,
-    CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseCheckpointRequest,
+    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::storage::StorageError;
@@ -35,6 +41,12 @@ pub enum Op {
     /// Several commands proposed together (one log entry), applied in order; each keeps its own
     /// revision and result.
     Batch(Vec<Op>),
+    /// LeaseGrant with its final ID and TTL (the proposer picks the ID and raises the TTL).
+    LeaseGrant(Pb<LeaseGrantRequest>),
+    /// LeaseRevoke, from a client or from the leader when the lease expired.
+    LeaseRevoke(Pb<LeaseRevokeRequest>),
+    /// Remaining TTLs the leader checkpoints, so they survive a leader change.
+    LeaseCheckpoint(Pb<LeaseCheckpointRequest>),
 }
 
 impl Op {
@@ -47,8 +59,24 @@ impl Op {
             Op::Txn(r) => r.0.encoded_len(),
             Op::Compact(r) => r.0.encoded_len(),
             Op::Batch(ops) => ops.iter().map(Op::size_hint).sum(),
+            Op::LeaseGrant(r) => r.0.encoded_len(),
+            Op::LeaseRevoke(r) => r.0.encoded_len(),
+            Op::LeaseCheckpoint(r) => r.0.encoded_len(),
         }
     }
+}
+
+/// Why a command was refused: deterministic, the same on every member, and nothing changed.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
+pub enum Refusal {
+    /// A refusal of the multi-version store.
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    /// A refusal of the lease table.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
 }
 
 /// The outcome of applying one command, returned identically by every member.
@@ -68,9 +96,25 @@ pub enum Applied {
         revision: i64,
     },
     /// The command failed deterministically and changed nothing.
-    Failed(MvccError),
+    Failed(Refusal),
     /// The results of an [`Op::Batch`], in order.
     Batch(Vec<Applied>),
+    /// A lease was granted.
+    LeaseGranted {
+        /// Its ID.
+        id: i64,
+        /// Its TTL in seconds.
+        ttl: i64,
+        /// The store's revision.
+        revision: i64,
+    },
+    /// A lease was revoked and its keys deleted.
+    LeaseRevoked {
+        /// The store's revision after the deletes.
+        revision: i64,
+    },
+    /// Checkpoints were recorded.
+    Checkpointed,
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -80,12 +124,27 @@ fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
-/// Applies one command through `w`. Only storage failures are errors; everything else is a value.
-pub fn apply_op(w: &mut Writer<'_>, op: &Op) -> Result<Applied, StorageError> {
+/// Applies one command through `w`, keeping the lease table `leases` in step. Only storage
+/// failures are errors; everything else is a value.
+pub fn apply_op(w: &mut Writer<'_>, leases: &Lessor, op: &Op) -> Result<Applied, StorageError> {
+    if let Op::Batch(ops) = op {
+        return ops
+            .iter()
+            .map(|op| apply_op(w, leases, op))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Applied::Batch);
+    }
+    let mark = w.change_count();
+    let out = apply_one(w, leases, op)?;
+    leases.track(w.changes_since(mark));
+    Ok(out)
+}
+
+fn apply_one(w: &mut Writer<'_>, leases: &Lessor, op: &Op) -> Result<Applied, StorageError> {
     match op {
         Op::Put(req) => {
             let mut t = w.begin();
-            if let Err(e) = check_put(w, &t, &req.0)? {
+            if let Err(e) = check_put(w, leases, &t, &req.0)? {
                 return Ok(Applied::Failed(e));
             }
             let resp = exec_put(w, &mut t, &req.0)?;
@@ -102,7 +161,7 @@ pub fn apply_op(w: &mut Writer<'_>, op: &Op) -> Result<Applied, StorageError> {
             let t = w.begin();
             let mut path = Vec::new();
             txn_path(w, &t, &req.0, &mut path)?;
-            if let Err(e) = check_txn(w, &t, &req.0, &path, &mut 0)? {
+            if let Err(e) = check_txn(w, leases, &t, &req.0, &path, &mut 0)? {
                 return Ok(Applied::Failed(e));
             }
             let mut t = t;
@@ -116,41 +175,73 @@ pub fn apply_op(w: &mut Writer<'_>, op: &Op) -> Result<Applied, StorageError> {
                 let t = w.begin();
                 Ok(Applied::Compacted { revision: t.view() })
             }
-            Err(e) => Ok(Applied::Failed(e)),
+            Err(e) => Ok(Applied::Failed(e.into())),
         },
-        Op::Batch(ops) => ops
-            .iter()
-            .map(|op| apply_op(w, op))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Applied::Batch),
+        Op::LeaseGrant(req) => {
+            let r = leases.grant(w.batch_mut(), req.0.id, req.0.ttl);
+            let revision = w.begin().view();
+            Ok(match r {
+                Ok(()) => Applied::LeaseGranted {
+                    id: req.0.id,
+                    ttl: req.0.ttl,
+                    revision,
+                },
+                Err(e) => Applied::Failed(e.into()),
+            })
+        }
+        Op::LeaseRevoke(req) => {
+            let id = req.0.id;
+            let Some(keys) = leases.keys(id) else {
+                return Ok(Applied::Failed(LeaseError::NotFound.into()));
+            };
+            let mut t = w.begin();
+            for key in &keys {
+                w.delete_range(&mut t, key, &[], false)?;
+            }
+            let revision = w.end(t);
+            // The lease exists (checked above, and applying is sequential).
+            if let Err(e) = leases.remove(w.batch_mut(), id) {
+                return Ok(Applied::Failed(e.into()));
+            }
+            Ok(Applied::LeaseRevoked { revision })
+        }
+        Op::LeaseCheckpoint(req) => {
+            for c in &req.0.checkpoints {
+                leases.checkpoint(w.batch_mut(), c.id, c.remaining_ttl);
+            }
+            Ok(Applied::Checkpointed)
+        }
+        Op::Batch(_) => apply_op(w, leases, op),
     }
 }
 
-/// Leases arrive with the lease service; until then no lease exists, so any lease ID is unknown.
-fn lease_exists(_lease: i64) -> bool {
-    false
+/// Rebuilds the lease table from storage and attaches the live leased keys of `mvcc` (at
+/// start-up and after a snapshot install).
+pub fn restore_leases(leases: &Lessor, mvcc: &Mvcc) -> Result<(), StorageError> {
+    leases.load(mvcc.leased_keys())
 }
 
 fn check_put(
     w: &Writer<'_>,
+    leases: &Lessor,
     t: &TxnState,
     req: &PutRequest,
-) -> Result<Result<(), MvccError>, StorageError> {
+) -> Result<Result<(), Refusal>, StorageError> {
     if (req.ignore_value || req.ignore_lease) && w.get(t, &req.key).is_none() {
-        return Ok(Err(MvccError::KeyNotFound));
+        return Ok(Err(MvccError::KeyNotFound.into()));
     }
-    if req.lease != 0 && !lease_exists(req.lease) {
-        return Ok(Err(MvccError::LeaseNotFound));
+    if req.lease != 0 && !leases.exists(req.lease) {
+        return Ok(Err(LeaseError::NotFound.into()));
     }
     Ok(Ok(()))
 }
 
-fn check_range(t: &TxnState, req: &RangeRequest, compacted: i64) -> Result<(), MvccError> {
+fn check_range(t: &TxnState, req: &RangeRequest, compacted: i64) -> Result<(), Refusal> {
     if req.revision > t.view() {
-        return Err(MvccError::FutureRevision);
+        return Err(MvccError::FutureRevision.into());
     }
     if req.revision > 0 && req.revision < compacted {
-        return Err(MvccError::Compacted);
+        return Err(MvccError::Compacted.into());
     }
     Ok(())
 }
@@ -288,20 +379,21 @@ fn txn_path(
 
 fn check_txn(
     w: &Writer<'_>,
+    leases: &Lessor,
     t: &TxnState,
     req: &TxnRequest,
     path: &[bool],
     pos: &mut usize,
-) -> Result<Result<(), MvccError>, StorageError> {
+) -> Result<Result<(), Refusal>, StorageError> {
     let ok = path.get(*pos).copied().unwrap_or(false);
     *pos += 1;
     let ops = if ok { &req.success } else { &req.failure };
     let compacted = w.compacted();
     for op in ops {
         let res = match &op.request {
-            Some(Request::RequestPut(p)) => check_put(w, t, p)?,
+            Some(Request::RequestPut(p)) => check_put(w, leases, t, p)?,
             Some(Request::RequestRange(r)) => check_range(t, r, compacted),
-            Some(Request::RequestTxn(nested)) => check_txn(w, t, nested, path, pos)?,
+            Some(Request::RequestTxn(nested)) => check_txn(w, leases, t, nested, path, pos)?,
             Some(Request::RequestDeleteRange(_)) | None => Ok(()),
         };
         if res.is_err() {
@@ -360,9 +452,53 @@ fn exec_txn(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use crate::mvcc::Mvcc;
+    use crate::lease::ManualClock;
     use crate::storage::Storage;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        mvcc: Arc<Mvcc>,
+        leases: Lessor,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        let mvcc = Mvcc::open(storage.clone()).expect("mvcc");
+        let leases = Lessor::open(storage, Arc::new(ManualClock::default())).expect("lessor");
+        Fixture {
+            _dir: dir,
+            mvcc,
+            leases,
+        }
+    }
+
+    impl Fixture {
+        fn apply(&self, op: Op) -> Applied {
+            let mut w = self.mvcc.writer();
+            let got = apply_op(&mut w, &self.leases, &op).expect("apply");
+            w.commit().expect("commit");
+            got
+        }
+
+        fn keys(&self) -> Vec<String> {
+            let r = self
+                .mvcc
+                .range(&RangeRequest {
+                    key: vec![0],
+                    range_end: vec![0],
+                    ..Default::default()
+                })
+                .expect("range");
+            r.kvs
+                .iter()
+                .map(|kv| format!("{}@{}", String::from_utf8_lossy(&kv.key), kv.lease))
+                .collect()
+        }
+    }
 
     fn put(key: &str, lease: i64) -> Op {
         Op::Put(Pb(PutRequest {
@@ -373,14 +509,18 @@ mod tests {
         }))
     }
 
+    fn grant(id: i64, ttl: i64) -> Op {
+        Op::LeaseGrant(Pb(LeaseGrantRequest { id, ttl }))
+    }
+
+    fn revoke(id: i64) -> Op {
+        Op::LeaseRevoke(Pb(LeaseRevokeRequest { id }))
+    }
+
     #[test]
     fn a_batch_applies_each_op_in_order_with_its_own_revision_and_result() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mvcc = Mvcc::open(Storage::open(dir.path()).expect("open")).expect("mvcc");
-        let mut w = mvcc.writer();
-        let batch = Op::Batch(vec![put("a", 0), put("b", 7), put("c", 0)]);
-        let got = apply_op(&mut w, &batch).expect("apply");
-        w.commit().expect("commit");
+        let f = fixture();
+        let got = f.apply(Op::Batch(vec![put("a", 0), put("b", 7), put("c", 0)]));
         let Applied::Batch(results) = got else {
             panic!("expected a batch result, got {got:?}");
         };
@@ -392,7 +532,88 @@ mod tests {
             })
             .collect();
         assert_eq!(revs, [Some(2), None, Some(3)]);
-        assert_eq!(results[1], Applied::Failed(MvccError::LeaseNotFound));
-        assert_eq!(mvcc.current_revision(), 3);
+        assert_eq!(results[1], Applied::Failed(LeaseError::NotFound.into()));
+        assert_eq!(f.mvcc.current_revision(), 3);
+    }
+
+    #[test]
+    fn a_revoke_deletes_exactly_the_attached_keys_in_one_revision() {
+        let f = fixture();
+        assert!(matches!(
+            f.apply(grant(5, 60)),
+            Applied::LeaseGranted { id: 5, ttl: 60, .. }
+        ));
+        assert_eq!(
+            f.apply(grant(5, 10)),
+            Applied::Failed(LeaseError::Exists.into())
+        );
+        for op in [put("a", 5), put("b", 5), put("c", 5), put("d", 0)] {
+            f.apply(op);
+        }
+        // Re-put without a lease detaches; ignore_lease keeps the attachment.
+        f.apply(put("c", 0));
+        f.apply(Op::Put(Pb(PutRequest {
+            key: b"a".to_vec(),
+            value: b"w".to_vec(),
+            ignore_lease: true,
+            ..Default::default()
+        })));
+        assert_eq!(f.leases.keys(5), Some(vec![b"a".to_vec(), b"b".to_vec()]));
+        let before = f.mvcc.current_revision();
+        assert_eq!(
+            f.apply(revoke(5)),
+            Applied::LeaseRevoked {
+                revision: before + 1
+            }
+        );
+        assert_eq!(f.keys(), ["c@0", "d@0"]);
+        assert!(!f.leases.exists(5));
+        assert_eq!(
+            f.apply(revoke(5)),
+            Applied::Failed(LeaseError::NotFound.into())
+        );
+        // A revoke with no keys does not raise the revision.
+        f.apply(grant(6, 60));
+        let rev = f.mvcc.current_revision();
+        assert_eq!(f.apply(revoke(6)), Applied::LeaseRevoked { revision: rev });
+    }
+
+    #[test]
+    fn a_txn_put_with_an_unknown_lease_changes_nothing() {
+        let f = fixture();
+        let txn = Op::Txn(Pb(TxnRequest {
+            success: vec![
+                crate::proto::etcdserverpb::RequestOp {
+                    request: Some(Request::RequestPut(PutRequest {
+                        key: b"x".to_vec(),
+                        ..Default::default()
+                    })),
+                },
+                crate::proto::etcdserverpb::RequestOp {
+                    request: Some(Request::RequestPut(PutRequest {
+                        key: b"y".to_vec(),
+                        lease: 99,
+                        ..Default::default()
+                    })),
+                },
+            ],
+            ..Default::default()
+        }));
+        assert_eq!(f.apply(txn), Applied::Failed(LeaseError::NotFound.into()));
+        assert!(f.keys().is_empty());
+    }
+
+    #[test]
+    fn grant_put_and_revoke_in_one_batch_see_each_other_and_restore_rebuilds_keys() {
+        let f = fixture();
+        f.apply(Op::Batch(vec![grant(1, 60), put("k", 1), put("j", 1)]));
+        f.apply(Op::Batch(vec![grant(2, 60), put("m", 2), revoke(1)]));
+        assert_eq!(f.keys(), ["m@2"]);
+        // Reload without keys, then rebuild the attachments from the store.
+        f.leases.load([]).expect("load");
+        assert_eq!(f.leases.keys(2), Some(vec![]));
+        restore_leases(&f.leases, &f.mvcc).expect("restore");
+        assert_eq!(f.leases.keys(2), Some(vec![b"m".to_vec()]));
+        assert_eq!(f.leases.leases(), vec![2]);
     }
 }

@@ -1,5 +1,6 @@
 //! Command-line flags with etcd's names. A flag given on the command line wins over the config file
-//! and the environment; an unknown flag is an error (clap prints it and exits non-zero).
+//! and the environment; an unknown flag is an error (clap prints it and exits non-zero). Boolean
+//! flags may be given bare (`--strict-reconfig-check` means `=true`), as Go's flag package allows.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 macro_rules! settings_flags {
-    ($( $field:ident => $name:literal, $help:literal; )*) => {
+    ($( $field:ident => $name:literal, $help:literal $(, bare = $bare:literal)?; )*) => {
         /// oxcd's command line.
         #[derive(Parser, Debug, Default, Clone)]
         #[command(
@@ -27,7 +28,11 @@ macro_rules! settings_flags {
             pub command: Option<Command>,
             $(
                 #[doc = $help]
-                #[arg(long = $name, value_name = "VALUE")]
+                #[arg(
+                    long = $name,
+                    value_name = "VALUE"
+                    $(, num_args = 0..=1, default_missing_value = $bare)?
+                )]
                 pub $field: Option<String>,
             )*
         }
@@ -72,8 +77,11 @@ settings_flags! {
     election_timeout => "election-timeout", "Time (in milliseconds) for an election to timeout (default 1000).";
     snapshot_count => "snapshot-count", "Number of applied log entries between snapshots (default 10000).";
     max_learners => "max-learners", "Maximum number of learners allowed in the cluster (default 1).";
-    strict_reconfig_check => "strict-reconfig-check", "Reject reconfiguration requests that would cause quorum loss (default true).";
+    strict_reconfig_check => "strict-reconfig-check", "Reject reconfiguration requests that would cause quorum loss (default true).", bare = "true";
     watch_progress_notify_interval => "watch-progress-notify-interval", "Duration of periodic watch progress notifications (default 10m).";
+    experimental_enable_lease_checkpoint => "experimental-enable-lease-checkpoint", "Checkpoint remaining lease TTLs through the log so they survive a leader change (default false).", bare = "true";
+    experimental_lease_checkpoint_interval => "experimental-lease-checkpoint-interval", "How often the leader checkpoints remaining lease TTLs (default 5m).";
+    experimental_enable_lease_checkpoint_persist => "experimental-enable-lease-checkpoint-persist", "Accepted for etcd compatibility (requires --experimental-enable-lease-checkpoint); checkpoints are always persisted (default false).", bare = "true";
 }
 
 /// oxcd's subcommands besides serving.

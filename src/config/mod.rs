@@ -144,6 +144,15 @@ pub struct Config {
     /// Period of watch progress notifications (a Go duration such as `10m`).
     #[serde(deserialize_with = "de::string")]
     pub watch_progress_notify_interval: String,
+    /// Whether the leader checkpoints remaining lease TTLs through the log.
+    #[serde(deserialize_with = "de::boolean")]
+    pub experimental_enable_lease_checkpoint: bool,
+    /// How often the leader checkpoints remaining lease TTLs (a Go duration).
+    #[serde(deserialize_with = "de::string")]
+    pub experimental_lease_checkpoint_interval: String,
+    /// Accepted for etcd compatibility (needs checkpointing on): checkpoints are always persisted.
+    #[serde(deserialize_with = "de::boolean")]
+    pub experimental_enable_lease_checkpoint_persist: bool,
 }
 
 impl Default for Config {
@@ -172,6 +181,9 @@ impl Default for Config {
             max_learners: 1,
             strict_reconfig_check: true,
             watch_progress_notify_interval: "10m".to_string(),
+            experimental_enable_lease_checkpoint: false,
+            experimental_lease_checkpoint_interval: "5m".to_string(),
+            experimental_enable_lease_checkpoint_persist: false,
         }
     }
 }
@@ -250,6 +262,8 @@ pub struct Settings {
     pub strict_reconfig_check: bool,
     /// Period of watch progress notifications.
     pub watch_progress_notify_interval: Duration,
+    /// How often the leader checkpoints remaining lease TTLs; `None` when it does not.
+    pub lease_checkpoint_interval: Option<Duration>,
 }
 
 impl Config {
@@ -407,6 +421,25 @@ impl Config {
                     "expected a positive duration such as 10m or 500ms",
                 )
             })?;
+        if self.experimental_enable_lease_checkpoint_persist
+            && !self.experimental_enable_lease_checkpoint
+        {
+            return Err(invalid(
+                "experimental-enable-lease-checkpoint-persist",
+                "true",
+                "requires --experimental-enable-lease-checkpoint",
+            ));
+        }
+        let lease_checkpoint_interval =
+            parse_duration(&self.experimental_lease_checkpoint_interval)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    invalid(
+                        "experimental-lease-checkpoint-interval",
+                        &self.experimental_lease_checkpoint_interval,
+                        "expected a positive duration such as 5m or 30s",
+                    )
+                })?;
         Ok(Settings {
             name: self.name.clone(),
             data_dir,
@@ -437,6 +470,9 @@ impl Config {
             max_learners: self.max_learners as usize,
             strict_reconfig_check: self.strict_reconfig_check,
             watch_progress_notify_interval,
+            lease_checkpoint_interval: self
+                .experimental_enable_lease_checkpoint
+                .then_some(lease_checkpoint_interval),
         })
     }
 }

@@ -49,9 +49,6 @@ pub enum MvccError {
     /// `ignore_value`/`ignore_lease` on a key that does not exist.
     #[error("key not found")]
     KeyNotFound,
-    /// A put names a lease that does not exist.
-    #[error("requested lease not found")]
-    LeaseNotFound,
 }
 
 /// Errors of MVCC reads: a deterministic outcome or a storage failure.
@@ -181,6 +178,17 @@ impl Mvcc {
         *index = Self::load_index(&self.storage)?;
         self.hub.reset(index.current);
         Ok(())
+    }
+
+    /// Every live key that carries a lease, with its lease (to rebuild lease attachments).
+    pub fn leased_keys(&self) -> Vec<(Vec<u8>, i64)> {
+        let index = self.index.read();
+        index
+            .range(&[0], &[0], index.current)
+            .into_iter()
+            .filter(|v| v.lease != 0)
+            .map(|v| (v.key, v.lease))
+            .collect()
     }
 
     /// The watch hub.
@@ -469,6 +477,20 @@ impl Writer<'_> {
     /// The compacted revision.
     pub fn compacted(&self) -> i64 {
         self.index.compacted
+    }
+
+    /// How many key changes the writer holds so far (a mark for [`Writer::changes_since`]).
+    pub fn change_count(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// The keys changed since `mark`, in order: a put with its lease, a delete with `None`.
+    pub fn changes_since(&self, mark: usize) -> impl Iterator<Item = (&[u8], Option<i64>)> {
+        self.changes
+            .get(mark..)
+            .unwrap_or_default()
+            .iter()
+            .map(|(_, kv, tombstone)| (kv.key.as_slice(), (!tombstone).then_some(kv.lease)))
     }
 
     /// The batch the writes go into; other layers add their own writes to it.

@@ -7,8 +7,12 @@
 //! - Every write is proposed through raft; reads are served from the local store, after a
 //!   linearizable barrier unless the client asked for a serializable read.
 //! - Auto-compaction runs only on the leader and proposes `Compact` like a client would.
+//! - Lease expiry runs only on the leader and proposes `LeaseRevoke` (see [`lease`]).
 
 mod compactor;
+mod lease;
+
+pub use lease::min_lease_ttl;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,8 +20,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::apply::{Applied, Op};
+use crate::apply::{restore_leases, Applied, Op};
 use crate::config::{ClusterState, Settings};
+use crate::lease::{Lessor, SystemClock};
 use crate::mvcc::Mvcc;
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::raft::{MembershipOp, ProposeError, RaftNode, RaftSettings};
@@ -68,6 +73,10 @@ pub struct Node {
     pub raft: RaftNode,
     /// The multi-version store.
     pub mvcc: Arc<Mvcc>,
+    /// The lease table.
+    pub leases: Arc<Lessor>,
+    /// The counter behind this member's lease IDs.
+    lease_ids: std::sync::atomic::AtomicU64,
     /// The member's storage.
     pub storage: Storage,
     /// The persistent identity.
@@ -223,6 +232,8 @@ impl Node {
             "starting member"
         );
         let mvcc = Mvcc::open(storage.clone())?;
+        let leases = Arc::new(Lessor::open(storage.clone(), Arc::new(SystemClock))?);
+        restore_leases(&leases, &mvcc)?;
         let raft_settings = RaftSettings {
             heartbeat: settings.heartbeat,
             election: settings.election,
@@ -238,6 +249,7 @@ impl Node {
             identity.member_id.0,
             storage.clone(),
             mvcc.clone(),
+            leases.clone(),
             &raft_settings,
         )
         .await?;
@@ -289,6 +301,8 @@ impl Node {
         let node = Arc::new(Node {
             raft,
             mvcc,
+            leases,
+            lease_ids: std::sync::atomic::AtomicU64::new(lease::lease_id_seed()),
             storage,
             identity,
             settings,
@@ -297,6 +311,8 @@ impl Node {
         });
         let publisher = tokio::spawn(publish(node.clone()));
         node.tasks.lock().push(publisher);
+        let expiry = tokio::spawn(lease::run(node.clone()));
+        node.tasks.lock().push(expiry);
         if let Some(policy) = node.settings.auto_compaction {
             let handle = tokio::spawn(compactor::run(node.clone(), policy));
             node.tasks.lock().push(handle);

@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 mod batch;
+pub mod lease;
 mod log_store;
 pub mod membership;
 mod peer;
@@ -34,6 +35,7 @@ pub use peer_server::PeerService;
 pub use state_machine::StateMachine;
 
 use crate::apply::{Applied, Op};
+use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
 use crate::proto::oxcdpeerpb::peer_server::PeerServer;
 use crate::proto::oxcdpeerpb::{CampaignRequest, ClusterInfoRequest, ReadIndexRequest};
@@ -131,6 +133,7 @@ pub(crate) struct Shared {
     membership_lock: tokio::sync::Mutex<()>,
     proposals: tokio::sync::mpsc::UnboundedSender<batch::Pending>,
     reads: tokio::sync::mpsc::UnboundedSender<batch::PendingRead>,
+    leases: Arc<Lessor>,
 }
 
 fn forward_err(e: RaftError<u64, ClientWriteError<u64, Member>>, me: u64) -> ProposeError {
@@ -258,6 +261,7 @@ impl RaftNode {
         id: u64,
         storage: Storage,
         mvcc: Arc<Mvcc>,
+        leases: Arc<Lessor>,
         settings: &RaftSettings,
     ) -> Result<RaftNode, StartError> {
         let heartbeat = settings.heartbeat.as_millis().max(1) as u64;
@@ -282,8 +286,8 @@ impl RaftNode {
                 .map_err(|e| StartError::Config(e.to_string()))?,
         );
         let log = LogStore::new(storage.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
-        let sm =
-            StateMachine::open(storage, mvcc).map_err(|e| StartError::Storage(e.to_string()))?;
+        let sm = StateMachine::open(storage, mvcc, leases.clone())
+            .map_err(|e| StartError::Storage(e.to_string()))?;
         let peers = Peers::new(settings.max_message, settings.cluster_id);
         let network = PeerNetwork {
             peers: peers.clone(),
@@ -318,6 +322,7 @@ impl RaftNode {
                 max_learners: settings.max_learners,
                 strict: settings.strict_reconfig_check,
                 membership_lock: tokio::sync::Mutex::new(()),
+                leases,
             }),
         })
     }
@@ -663,7 +668,10 @@ mod conformance {
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::{AnyError, StorageError, StorageIOError};
 
+    use std::sync::Arc;
+
     use super::{LogStore, StateMachine, TypeConfig};
+    use crate::lease::{Lessor, SystemClock};
     use crate::mvcc::Mvcc;
     use crate::storage::Storage;
 
@@ -680,8 +688,9 @@ mod conformance {
             let dir = tempfile::tempdir().map_err(err)?;
             let storage = Storage::open(dir.path()).map_err(err)?;
             let mvcc = Mvcc::open(storage.clone()).map_err(err)?;
+            let leases = Lessor::open(storage.clone(), Arc::new(SystemClock)).map_err(err)?;
             let log = LogStore::new(storage.clone()).map_err(err)?;
-            let sm = StateMachine::open(storage, mvcc)?;
+            let sm = StateMachine::open(storage, mvcc, Arc::new(leases))?;
             Ok((dir, log, sm))
         }
     }

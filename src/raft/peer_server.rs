@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::lease::{LeaseCall, LeaseReply};
 use super::membership::{MembershipError, MembershipOp};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::Vote;
@@ -119,6 +120,13 @@ impl Peer for PeerService {
         let op: MembershipOp = decode(req.get_ref()).map_err(codec)?;
         let res = self.shared.change_membership_local(op).await;
         let res: Result<_, MembershipError> = res;
+        Ok(Response::new(encode(&res).map_err(codec)?))
+    }
+
+    async fn lease(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.refuse_other_cluster(&req)?;
+        let call: LeaseCall = decode(req.get_ref()).map_err(codec)?;
+        let res: Result<LeaseReply, ProposeError> = self.shared.lease_local(call).await;
         Ok(Response::new(encode(&res).map_err(codec)?))
     }
 

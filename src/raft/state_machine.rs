@@ -21,7 +21,8 @@ use openraft::{
 use parking_lot::Mutex;
 
 use super::TypeConfig;
-use crate::apply::{apply_op, Applied};
+use crate::apply::{apply_op, restore_leases, Applied};
+use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
 use crate::storage::{Batch, Cf, Storage};
 use crate::types::Member;
@@ -58,6 +59,7 @@ struct State {
 pub struct StateMachine {
     storage: Storage,
     mvcc: Arc<Mvcc>,
+    leases: Arc<Lessor>,
     state: Arc<Mutex<State>>,
 }
 
@@ -86,13 +88,18 @@ fn read_applied(storage: &Storage) -> Result<(Option<LogId<u64>>, Membership), S
 }
 
 impl StateMachine {
-    /// Opens the state machine over the member's storage and store.
-    pub fn open(storage: Storage, mvcc: Arc<Mvcc>) -> Result<StateMachine, SErr> {
+    /// Opens the state machine over the member's storage, store and lease table.
+    pub fn open(
+        storage: Storage,
+        mvcc: Arc<Mvcc>,
+        leases: Arc<Lessor>,
+    ) -> Result<StateMachine, SErr> {
         let (applied, membership) = read_applied(&storage)?;
         let removed = read_removed(&storage)?;
         Ok(StateMachine {
             storage,
             mvcc,
+            leases,
             state: Arc::new(Mutex::new(State {
                 applied,
                 membership,
@@ -174,7 +181,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last = Some(e.log_id);
             match e.payload {
                 EntryPayload::Blank => out.push(Applied::Nothing),
-                EntryPayload::Normal(op) => out.push(apply_op(&mut w, &op).map_err(sm_write_err)?),
+                EntryPayload::Normal(op) => {
+                    out.push(apply_op(&mut w, &self.leases, &op).map_err(sm_write_err)?)
+                }
                 EntryPayload::Membership(m) => {
                     let stored = Membership::new(Some(e.log_id), m);
                     let after = node_ids(&stored);
@@ -247,6 +256,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.mvcc
             .replace(move || storage.write(b, true))
             .map_err(sm_write_err)?;
+        restore_leases(&self.leases, &self.mvcc).map_err(sm_write_err)?;
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             last_log_id = ?meta.last_log_id,

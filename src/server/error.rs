@@ -3,6 +3,8 @@
 
 use tonic::{Code, Status};
 
+use crate::apply::Refusal;
+use crate::lease::LeaseError;
 use crate::mvcc::{MvccError, ReadError};
 use crate::raft::{MembershipError, ProposeError};
 use crate::storage::StorageError;
@@ -43,6 +45,12 @@ pub enum EtcdError {
     /// Unknown lease.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// Grant of a lease ID in use.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// Grant with a TTL above the maximum.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     /// No leader.
     #[error("etcdserver: no leader")]
     NoLeader,
@@ -97,8 +105,9 @@ impl EtcdError {
         match self {
             EmptyKey | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | InvalidSortOption | RequestTooLarge | KeyNotFound => Code::InvalidArgument,
-            Compacted | FutureRevision => Code::OutOfRange,
+            Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
+            LeaseExists => Code::FailedPrecondition,
             NoLeader | Stopped | Timeout => Code::Unavailable,
             NotLeader | PeerUrlExists | MemberIdExists | TooManyLearners | NotEnoughStarted
             | NotLearner | LearnerNotReady | LearnerNotSupported | BadLeaderTransferee => {
@@ -123,7 +132,24 @@ impl From<MvccError> for EtcdError {
             MvccError::Compacted => EtcdError::Compacted,
             MvccError::FutureRevision => EtcdError::FutureRevision,
             MvccError::KeyNotFound => EtcdError::KeyNotFound,
-            MvccError::LeaseNotFound => EtcdError::LeaseNotFound,
+        }
+    }
+}
+
+impl From<LeaseError> for EtcdError {
+    fn from(e: LeaseError) -> EtcdError {
+        match e {
+            LeaseError::NotFound => EtcdError::LeaseNotFound,
+            LeaseError::Exists => EtcdError::LeaseExists,
+        }
+    }
+}
+
+impl From<Refusal> for EtcdError {
+    fn from(e: Refusal) -> EtcdError {
+        match e {
+            Refusal::Mvcc(m) => m.into(),
+            Refusal::Lease(l) => l.into(),
         }
     }
 }
@@ -184,6 +210,16 @@ mod tests {
         );
         let s: Status = EtcdError::LeaseNotFound.into();
         assert_eq!(s.code(), Code::NotFound);
+        let s: Status = EtcdError::LeaseExists.into();
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::FailedPrecondition, "etcdserver: lease already exists")
+        );
+        let s: Status = EtcdError::LeaseTtlTooLarge.into();
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::OutOfRange, "etcdserver: too large lease TTL")
+        );
         let s: Status = EtcdError::TooManyOps.into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod error;
 pub mod guard;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod validate;
 pub mod watch;
@@ -22,6 +23,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::node::Node;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 
@@ -69,6 +71,8 @@ pub async fn serve(
     let watch = WatchServer::new(watch::WatchService::new(node.clone()))
         .max_decoding_message_size(max_recv)
         .max_encoding_message_size(usize::MAX);
+    let lease = LeaseServer::new(lease::LeaseService::new(node.clone()))
+        .max_decoding_message_size(max_recv);
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
     for l in listeners {
@@ -78,7 +82,8 @@ pub async fn serve(
             .add_service(kv.clone())
             .add_service(cluster.clone())
             .add_service(maintenance.clone())
-            .add_service(watch.clone());
+            .add_service(watch.clone())
+            .add_service(lease.clone());
         // Accepted sockets get TCP_NODELAY here: tonic applies its own setting only to
         // listeners it binds (without it, small responses wait ~40 ms behind Nagle's algorithm).
         let incoming = TcpIncoming::from(l).with_nodelay(Some(true));

@@ -1,0 +1,233 @@
+//! Leases on this member: granting (ID and minimum TTL), and the leader-only expiry task.
+//!
+//! Invariants:
+//! - Only the leader's lessor holds deadlines. It is promoted once this member leads and has
+//!   applied everything committed before (a linearizable barrier), and demoted as soon as it
+//!   does not lead.
+//! - Expired leases are revoked by proposing `LeaseRevoke` through the log with
+//!   [`crate::raft::RaftNode::write_as_leader`], which never forwards: a deposed leader's
+//!   proposal fails instead of reaching the new leader.
+//! - At most [`REVOKE_RATE`] revokes per second are proposed, so a mass expiry leaves room for
+//!   client writes; the rest wait for the next refill.
+//! - With checkpointing on, the leader proposes every long lease's remaining TTL once per
+//!   interval, so a new leader restarts it from there instead of from the full TTL.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Node;
+use crate::apply::{Applied, Op, Pb};
+use crate::lease::REVOKE_RATE;
+use crate::proto::etcdserverpb::{
+    LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest,
+};
+use crate::raft::{ProposeError, RaftWatch};
+
+/// Most checkpoints in one proposal.
+const CHECKPOINTS_PER_OP: usize = 1000;
+/// Longest sleep of the expiry task when nothing is due.
+const IDLE: Duration = Duration::from_secs(1);
+
+/// The bits of a lease ID taken by the member ID (as etcd's ID generator).
+const MEMBER_BITS: u32 = 16;
+const SUFFIX_BITS: u32 = 64 - MEMBER_BITS;
+
+/// The first counter value of a member's lease IDs: milliseconds since the epoch, shifted so
+/// that IDs from one start do not collide with a later start's.
+pub(super) fn lease_id_seed() -> u64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    (ms & ((1 << 40) - 1)) << 8
+}
+
+/// etcd's minimum lease TTL in seconds: one and a half election timeouts (in whole heartbeat
+/// ticks), rounded up.
+pub fn min_lease_ttl(heartbeat: Duration, election: Duration) -> i64 {
+    let hb = heartbeat.as_millis().max(1);
+    let ticks = election.as_millis() / hb;
+    let ms = (3 * ticks / 2) * hb;
+    ms.div_ceil(1000) as i64
+}
+
+impl Node {
+    /// A new lease ID: this member's ID in the top bits, a counter below, never 0 or negative.
+    pub fn next_lease_id(&self) -> i64 {
+        loop {
+            let n = self
+                .lease_ids
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
+            let prefix = (self.identity.member_id.0 & ((1 << MEMBER_BITS) - 1)) << SUFFIX_BITS;
+            let id = ((prefix | (n & ((1 << SUFFIX_BITS) - 1))) & (i64::MAX as u64)) as i64;
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// The smallest TTL a lease is granted with, in seconds.
+    pub fn min_lease_ttl(&self) -> i64 {
+        min_lease_ttl(self.settings.heartbeat, self.settings.election)
+    }
+
+    /// Grants a lease of `ttl` seconds (raised to the minimum) with `id`, or a new ID when `id`
+    /// is 0. The TTL must already be checked against the maximum.
+    pub async fn lease_grant(&self, ttl: i64, id: i64) -> Result<Applied, ProposeError> {
+        let ttl = ttl.max(self.min_lease_ttl());
+        // A server-chosen ID can only collide with a client-chosen one; try a fresh one then.
+        let attempts = if id == 0 { 3 } else { 1 };
+        let mut last = Applied::Nothing;
+        for _ in 0..attempts {
+            let id = if id == 0 { self.next_lease_id() } else { id };
+            last = self
+                .propose(Op::LeaseGrant(Pb(LeaseGrantRequest { ttl, id })))
+                .await?;
+            if !matches!(last, Applied::Failed(_)) {
+                break;
+            }
+        }
+        Ok(last)
+    }
+}
+
+/// Refills at [`REVOKE_RATE`] per second, holding at most half a second's worth.
+struct Budget {
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget {
+            tokens: REVOKE_RATE as f64 / 2.0,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn available(&mut self) -> usize {
+        let now = tokio::time::Instant::now();
+        let cap = REVOKE_RATE as f64 / 2.0;
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * REVOKE_RATE as f64).min(cap);
+        self.at = now;
+        self.tokens as usize
+    }
+
+    fn spend(&mut self, n: usize) {
+        self.tokens = (self.tokens - n as f64).max(0.0);
+    }
+}
+
+async fn leadership_changed(w: &mut RaftWatch, node: &Node, was: bool) {
+    loop {
+        if w.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        if node.raft.is_leader() != was {
+            return;
+        }
+    }
+}
+
+/// Runs the expiry (and checkpoint) loop until the task is aborted.
+pub(super) async fn run(node: Arc<Node>) {
+    let leases = node.leases.clone();
+    let mut watch = node.raft.leader_changes();
+    let mut primary = false;
+    let mut budget = Budget::new();
+    let checkpoint_every = node.settings.lease_checkpoint_interval;
+    let mut next_checkpoint = None;
+    loop {
+        let leader = node.raft.is_leader();
+        if leader && !primary {
+            // Hold deadlines only once everything committed before this term is applied.
+            match node.raft.linearizable_barrier().await {
+                Ok(()) if node.raft.is_leader() => {
+                    leases.promote(node.settings.election);
+                    primary = true;
+                    next_checkpoint = checkpoint_every.map(|i| tokio::time::Instant::now() + i);
+                    tracing::info!(leases = leases.len(), "leader holds the lease deadlines");
+                }
+                Ok(()) => {}
+                Err(e) => tracing::debug!(error = %e, "lessor promotion waits for the leader"),
+            }
+        } else if !leader && primary {
+            leases.demote();
+            primary = false;
+            next_checkpoint = None;
+            tracing::info!("no longer leader: lease deadlines dropped");
+        }
+        let mut wake = tokio::time::Instant::now() + IDLE;
+        if primary {
+            let n = budget.available();
+            let due = leases.expired(n);
+            if !due.is_empty() {
+                budget.spend(due.len());
+                revoke(&node, due).await;
+            }
+            if budget.available() == 0 {
+                wake = wake.min(tokio::time::Instant::now() + Duration::from_millis(100));
+            } else if let Some(d) = leases.next_deadline() {
+                wake = wake.min(tokio::time::Instant::from_std(d));
+            }
+            if let (Some(at), Some(every)) = (next_checkpoint, checkpoint_every) {
+                if tokio::time::Instant::now() >= at {
+                    checkpoint(&node, every).await;
+                    next_checkpoint = Some(tokio::time::Instant::now() + every);
+                }
+                wake = wake.min(next_checkpoint.unwrap_or(wake));
+            }
+        }
+        tokio::select! {
+            _ = leadership_changed(&mut watch, &node, primary) => {}
+            _ = leases.deadline_set() => {}
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+async fn revoke(node: &Node, ids: Vec<i64>) {
+    let ops: Vec<Op> = ids
+        .iter()
+        .map(|&id| Op::LeaseRevoke(Pb(LeaseRevokeRequest { id })))
+        .collect();
+    let n = ops.len();
+    match node.raft.write_as_leader(Op::Batch(ops)).await {
+        Ok(_) => tracing::debug!(count = n, "revoked expired leases"),
+        // The leases stay expired here and are reported again; a new leader decides afresh.
+        Err(e) => tracing::warn!(count = n, error = %e, "revoking expired leases failed"),
+    }
+}
+
+async fn checkpoint(node: &Node, min_ttl: Duration) {
+    let all = node.leases.checkpoints(min_ttl);
+    for chunk in all.chunks(CHECKPOINTS_PER_OP) {
+        let op = Op::LeaseCheckpoint(Pb(LeaseCheckpointRequest {
+            checkpoints: chunk
+                .iter()
+                .map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                .collect(),
+        }));
+        if let Err(e) = node.raft.write_as_leader(op).await {
+            tracing::debug!(error = %e, "lease checkpoint not proposed");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_minimum_ttl_is_one_and_a_half_election_timeouts_rounded_up() {
+        let ms = Duration::from_millis;
+        assert_eq!(min_lease_ttl(ms(100), ms(1000)), 2);
+        assert_eq!(min_lease_ttl(ms(100), ms(2000)), 3);
+        assert_eq!(min_lease_ttl(ms(50), ms(250)), 1);
+        assert_eq!(min_lease_ttl(ms(100), ms(5000)), 8);
+    }
+}

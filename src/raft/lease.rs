@@ -1,0 +1,195 @@
+//! Lease calls only the leader can answer: keep-alive and time-to-live read the deadlines that
+//! only the leader's (primary) lessor holds, so other members forward them over the peer protocol.
+//!
+//! Invariants:
+//! - A call is answered from a primary lessor or not at all: a member that is not primary
+//!   answers `NotLeader`/`NoLeader` and the caller retries at the leader.
+//! - A keep-alive of a lease that has expired but is not yet revoked waits for the revoke (then
+//!   answers TTL 0) or for a change of primacy (then asks again), as etcd's does.
+
+use std::time::Duration;
+
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+
+use super::peer::{self, PeerError};
+use super::{ProposeError, RaftNode, Shared, FORWARD_ATTEMPTS};
+use crate::apply::{Op, Pb};
+use crate::lease::{Renewal, TimeToLive};
+use crate::proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest};
+
+/// A lease call for the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseCall {
+    /// Keep a lease alive.
+    Renew(i64),
+    /// Report a lease's remaining TTL (and keys).
+    TimeToLive {
+        /// The lease.
+        id: i64,
+        /// Whether to list its keys.
+        keys: bool,
+    },
+}
+
+/// The leader's answer to a [`LeaseCall`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseReply {
+    /// The TTL the lease was renewed for; 0 when there is no such lease.
+    Renewed(i64),
+    /// The lease's TTLs, or `None` when there is no such lease.
+    TimeToLive(Option<TimeToLive>),
+}
+
+/// How long a leader that has not yet promoted its lessor is waited for.
+const PROMOTION_WAIT: Duration = Duration::from_millis(50);
+
+impl Shared {
+    fn not_primary(&self) -> Option<ProposeError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state == ServerState::Leader {
+            None
+        } else {
+            Some(match m.current_leader {
+                Some(l) if l != self.id => ProposeError::NotLeader(l),
+                _ => ProposeError::NoLeader,
+            })
+        }
+    }
+
+    /// Answers `call` from this member's lessor, waiting while an expired lease is being revoked
+    /// or while this leader is still promoting its lessor.
+    pub(super) async fn lease_local(&self, call: LeaseCall) -> Result<LeaseReply, ProposeError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            let mut changes = self.leases.changes();
+            changes.borrow_and_update();
+            let wait = match call {
+                LeaseCall::Renew(id) => match self.leases.renew(id) {
+                    Renewal::Renewed {
+                        ttl,
+                        clear_checkpoint,
+                    } => {
+                        if clear_checkpoint {
+                            self.clear_checkpoint(id).await;
+                        }
+                        return Ok(LeaseReply::Renewed(ttl));
+                    }
+                    Renewal::NotFound => return Ok(LeaseReply::Renewed(0)),
+                    Renewal::Expired => None,
+                    Renewal::NotPrimary => Some(()),
+                },
+                LeaseCall::TimeToLive { id, keys } => match self.leases.time_to_live(id, keys) {
+                    Ok(t) => return Ok(LeaseReply::TimeToLive(t)),
+                    Err(()) => Some(()),
+                },
+            };
+            let sleep_until = if wait.is_some() {
+                // Not primary: only a leader about to promote its lessor is worth waiting for.
+                if let Some(e) = self.not_primary() {
+                    return Err(e);
+                }
+                (tokio::time::Instant::now() + PROMOTION_WAIT).min(deadline)
+            } else {
+                deadline
+            };
+            tokio::select! {
+                r = changes.changed() => {
+                    if r.is_err() {
+                        return Err(ProposeError::Stopped);
+                    }
+                }
+                _ = tokio::time::sleep_until(sleep_until) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProposeError::Timeout);
+            }
+        }
+    }
+
+    /// A renewed lease has its full TTL again: its checkpointed remainder is cleared through the
+    /// log (best effort, as etcd's is; the next checkpoint overwrites it anyway).
+    async fn clear_checkpoint(&self, id: i64) {
+        let op = Op::LeaseCheckpoint(Pb(LeaseCheckpointRequest {
+            checkpoints: vec![LeaseCheckpoint {
+                id,
+                remaining_ttl: 0,
+            }],
+        }));
+        if let Err(e) = self.write_local(op).await {
+            tracing::debug!(lease = id, error = %e, "clearing a lease checkpoint");
+        }
+    }
+}
+
+impl RaftNode {
+    /// Answers a lease call at the leader, forwarding it when this member is not the leader.
+    async fn lease_call(&self, call: LeaseCall) -> Result<LeaseReply, ProposeError> {
+        let mut hint = None;
+        for _ in 0..FORWARD_ATTEMPTS {
+            let res = match hint {
+                None => self.shared.lease_local(call).await,
+                Some(l) => self.forward_lease(l, call).await,
+            };
+            match res {
+                Err(ProposeError::NotLeader(l)) => hint = Some(l),
+                other => return other,
+            }
+        }
+        Err(ProposeError::NoLeader)
+    }
+
+    async fn forward_lease(
+        &self,
+        leader: u64,
+        call: LeaseCall,
+    ) -> Result<LeaseReply, ProposeError> {
+        let (id, node) = self.shared.leader_target(Some(leader))?;
+        let payload =
+            peer::encode(&call).map_err(|e| ProposeError::LeaderUnreachable(e.to_string()))?;
+        let reply = self
+            .shared
+            .peers
+            .call(id, &node, self.shared.request_timeout, |mut c| async move {
+                c.lease(payload).await
+            })
+            .await
+            .map_err(|e| match e {
+                PeerError::Timeout(_) => ProposeError::Timeout,
+                other => ProposeError::LeaderUnreachable(other.to_string()),
+            })?;
+        peer::decode::<Result<LeaseReply, ProposeError>>(&reply)
+            .map_err(|e| ProposeError::LeaderUnreachable(e.to_string()))?
+    }
+
+    /// Keeps lease `id` alive at the leader; the TTL it was renewed for, 0 when it does not exist.
+    pub async fn lease_renew(&self, id: i64) -> Result<i64, ProposeError> {
+        match self.lease_call(LeaseCall::Renew(id)).await? {
+            LeaseReply::Renewed(ttl) => Ok(ttl),
+            LeaseReply::TimeToLive(_) => Err(ProposeError::LeaderUnreachable(
+                "the leader answered a keep-alive with a time-to-live".to_string(),
+            )),
+        }
+    }
+
+    /// Lease `id`'s remaining and granted TTL as the leader knows them; `None` when it does not
+    /// exist.
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> Result<Option<TimeToLive>, ProposeError> {
+        match self.lease_call(LeaseCall::TimeToLive { id, keys }).await? {
+            LeaseReply::TimeToLive(t) => Ok(t),
+            LeaseReply::Renewed(_) => Err(ProposeError::LeaderUnreachable(
+                "the leader answered a time-to-live with a keep-alive".to_string(),
+            )),
+        }
+    }
+
+    /// Proposes `op` only if this member leads: a member that is not the leader never forwards
+    /// it (lease expiry must not be decided by a deposed leader).
+    pub async fn write_as_leader(&self, op: Op) -> Result<crate::apply::Applied, ProposeError> {
+        self.shared.write_local(op).await
+    }
+}
