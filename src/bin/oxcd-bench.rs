@@ -7,6 +7,8 @@
 //! oxcd-bench --endpoints=127.0.0.1:2379,127.0.0.1:22379 first-write --timeout=30s
 //! oxcd-bench --endpoints=127.0.0.1:2379 --conns=10 watch --watchers=1000 --total=500 --put-rate=100
 //! oxcd-bench --endpoints=127.0.0.1:2379 --clients=100 --conns=10 put --stalled-watchers=1000
+//! oxcd-bench --endpoints=127.0.0.1:2379 --clients=100 --conns=10 lease-keepalive --leases=1000
+//! oxcd-bench --endpoints=127.0.0.1:2379 lease-expiry --leases=200 --ttl=2
 //! ```
 //!
 //! Invariants: `--clients` concurrent workers share `--conns` HTTP/2 connections round-robin and
@@ -20,9 +22,13 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use oxcd::proto::etcdserverpb::kv_client::KvClient;
+use oxcd::proto::etcdserverpb::lease_client::LeaseClient;
 use oxcd::proto::etcdserverpb::watch_client::WatchClient;
 use oxcd::proto::etcdserverpb::watch_request::RequestUnion;
-use oxcd::proto::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest, WatchRequest};
+use oxcd::proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest, WatchCreateRequest,
+    WatchRequest,
+};
 use tonic::transport::{Channel, Endpoint};
 
 /// Command line.
@@ -103,6 +109,26 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         limit: i64,
     },
+    /// Keep-alive throughput: grants `--leases` leases, then `--clients` keep-alive streams renew
+    /// them round-robin, one request in flight per stream, `--total` renewals in all.
+    LeaseKeepalive {
+        /// Number of leases.
+        #[arg(long, default_value_t = 1000)]
+        leases: usize,
+        /// Total number of keep-alives.
+        #[arg(long, default_value_t = 20_000)]
+        total: u64,
+    },
+    /// Expiry latency: grants `--leases` leases of `--ttl` seconds with one key each, watches
+    /// the keys, and reports how long after each lease's expiry its key's DELETE arrived.
+    LeaseExpiry {
+        /// Number of leases.
+        #[arg(long, default_value_t = 200)]
+        leases: usize,
+        /// TTL in seconds.
+        #[arg(long, default_value_t = 2)]
+        ttl: i64,
+    },
     /// Puts one key repeatedly until a put succeeds; prints how long that took (leader failover).
     FirstWrite {
         /// Give up after this long (e.g. `30s`).
@@ -129,6 +155,9 @@ enum BenchError {
     /// A watch stream failed.
     #[error("watch: {0}")]
     Watch(String),
+    /// A lease grant or a leased put failed, or leased keys were not deleted.
+    #[error("lease: {0}")]
+    Lease(String),
 }
 
 fn create(key: &[u8], range_end: &[u8]) -> WatchRequest {
@@ -314,6 +343,184 @@ async fn watch_fanout(
     if wait.is_err() {
         return Err(BenchError::Watch(format!(
             "only {got} of {expected} events arrived within 60 s after the last put"
+        )));
+    }
+    Ok(())
+}
+
+/// Grants `n` leases of `ttl` seconds over `chans`; returns (ID, granted TTL, when granted).
+async fn grant_leases(
+    chans: &[Channel],
+    n: usize,
+    ttl: i64,
+) -> Result<Vec<(i64, i64, Instant)>, BenchError> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut c = LeaseClient::new(chans[i % chans.len()].clone());
+        let r = c
+            .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+            .await
+            .map_err(|e| BenchError::Lease(e.message().to_string()))?
+            .into_inner();
+        out.push((r.id, r.ttl, Instant::now()));
+    }
+    Ok(out)
+}
+
+async fn lease_keepalive(args: &Args, leases: usize, total: u64) -> Result<(), BenchError> {
+    let chans = channels(&args.endpoints, args.conns.max(1))?;
+    let ids: Arc<Vec<i64>> = Arc::new(
+        grant_leases(&chans, leases.max(1), 60)
+            .await?
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .collect(),
+    );
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.clients.max(1) {
+        let mut client = LeaseClient::new(chans[i % chans.len()].clone());
+        let (ids, next, errors) = (ids.clone(), next.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).ok();
+            let mut first_error = None;
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let mut inbound = match client
+                .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            {
+                Ok(r) => r.into_inner(),
+                Err(e) => return (hist, Some(e.message().to_string())),
+            };
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let id = ids[n as usize % ids.len()];
+                let t = Instant::now();
+                if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                match inbound.message().await {
+                    Ok(Some(r)) if r.ttl > 0 => {
+                        if let Some(h) = hist.as_mut() {
+                            let _ = h.record(t.elapsed().as_micros() as u64);
+                        }
+                    }
+                    Ok(Some(_)) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        first_error.get_or_insert_with(|| "lease not found (TTL 0)".to_string());
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        first_error.get_or_insert_with(|| e.message().to_string());
+                        break;
+                    }
+                }
+            }
+            (hist, first_error)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3).map_err(|e| BenchError::Usage(e.to_string()))?;
+    let mut first_error = None;
+    for t in tasks {
+        if let Ok((h, err)) = t.await {
+            if let Some(h) = h {
+                let _ = hist.add(h);
+            }
+            if first_error.is_none() {
+                first_error = err;
+            }
+        }
+    }
+    let r = Report {
+        total: total.min(next.load(Ordering::Relaxed)),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+        hist,
+        first_error,
+    };
+    print(args, "lease-keepalive", &r);
+    Ok(())
+}
+
+async fn lease_expiry(args: &Args, leases: usize, ttl: i64) -> Result<(), BenchError> {
+    let chans = channels(&args.endpoints, args.conns.max(1))?;
+    let prefix = format!("oxcd-bench/lease/{}/", now_nanos());
+    let mut end = prefix.clone().into_bytes();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let (mut streams, _keep) = open_watchers(&chans[..1], 1, prefix.as_bytes(), &end).await?;
+    let mut stream = streams.remove(0);
+    let granted = grant_leases(&chans, leases.max(1), ttl).await?;
+    let mut kv = KvClient::new(chans[0].clone());
+    let mut expiry = std::collections::HashMap::new();
+    for (i, (id, ttl, at)) in granted.iter().enumerate() {
+        let key = format!("{prefix}{i:06}").into_bytes();
+        kv.put(PutRequest {
+            key: key.clone(),
+            value: b"x".to_vec(),
+            lease: *id,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BenchError::Lease(e.message().to_string()))?;
+        expiry.insert(key, *at + Duration::from_secs(*ttl as u64));
+    }
+    let mut hist = Histogram::<u64>::new(3).map_err(|e| BenchError::Usage(e.to_string()))?;
+    let max_ttl = granted.iter().map(|g| g.1).max().unwrap_or(ttl).max(1) as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(max_ttl * 3 + 30);
+    let mut early = 0u64;
+    while !expiry.is_empty() {
+        let msg = tokio::time::timeout_at(deadline, stream.message()).await;
+        let Ok(Ok(Some(r))) = msg else { break };
+        let now = Instant::now();
+        for ev in r.events.iter().filter(|e| e.r#type == 1) {
+            let Some(kv) = ev.kv.as_ref() else { continue };
+            if let Some(at) = expiry.remove(&kv.key) {
+                match now.checked_duration_since(at) {
+                    Some(late) => {
+                        let _ = hist.record(late.as_micros() as u64);
+                    }
+                    None => early += 1,
+                }
+            }
+        }
+    }
+    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+    let missing = expiry.len();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "op": "lease-expiry", "leases": leases, "ttl": ttl, "missing": missing,
+                "early": early,
+                "expiry_to_delete_ms": {"avg": hist.mean() / 1000.0, "p50": q(0.5), "p90": q(0.9),
+                    "p99": q(0.99), "max": hist.max() as f64 / 1000.0},
+            })
+        );
+    } else {
+        println!("Summary (lease expiry, {leases} leases of {ttl} s, one key each):");
+        println!(
+            "  Expiry to DELETE (ms): avg {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+            hist.mean() / 1000.0,
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            hist.max() as f64 / 1000.0
+        );
+        println!("  Deleted before expiry: {early}; never deleted: {missing}");
+    }
+    if missing > 0 {
+        return Err(BenchError::Lease(format!(
+            "{missing} keys were not deleted within {} s of their expiry",
+            max_ttl * 2 + 30
         )));
     }
     Ok(())
@@ -612,6 +819,8 @@ async fn run(args: Args) -> Result<(), BenchError> {
             print(&args, what, &r);
         }
         Cmd::FirstWrite { timeout, attempt } => first_write(&args, *timeout, *attempt).await?,
+        Cmd::LeaseKeepalive { leases, total } => lease_keepalive(&args, *leases, *total).await?,
+        Cmd::LeaseExpiry { leases, ttl } => lease_expiry(&args, *leases, *ttl).await?,
     }
     Ok(())
 }

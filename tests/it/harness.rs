@@ -83,6 +83,9 @@ pub fn etcd_bin() -> PathBuf {
 pub struct Ctl {
     /// Exit status was success.
     pub ok: bool,
+    /// The exit code (`None` if a signal ended it); etcdctl's codes tell error kinds apart (1 for
+    /// a refused request, 2 for `lease keep-alive --once` failures, 128 for bad arguments).
+    pub code: Option<i32>,
     /// Standard output.
     pub stdout: String,
     /// Standard error.
@@ -93,6 +96,7 @@ impl From<Output> for Ctl {
     fn from(o: Output) -> Self {
         Ctl {
             ok: o.status.success(),
+            code: o.status.code(),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
@@ -579,6 +583,40 @@ impl CtlProc {
             }
         }
         out
+    }
+
+    /// Sends `signal` (e.g. "INT", "TERM") to the etcdctl process: `lock` unlocks on SIGINT and
+    /// `elect` resigns on SIGINT or SIGTERM before exiting.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id();
+        let st = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{signal} {pid}");
+    }
+
+    /// SIGKILLs the etcdctl process and reaps it: it cannot clean up, so a lock, election or lease
+    /// it held stays until its lease expires. The lines it printed stay readable.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own: `Some(success)` once it has,
+    /// `None` while it still runs. The lines it printed stay readable.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st.success());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for the process to exit and returns the lines it printed until then.

@@ -6,5 +6,6 @@ mod cluster;
 mod harness;
 mod kv_client;
 mod kv_etcdctl;
+mod lease;
 mod persistence;
 mod watch;
