@@ -327,11 +327,18 @@ impl Lessor {
         }
     }
 
-    /// Every lease ID, ascending.
+    /// Every lease ID, soonest expiry first as etcd lists them (by ID where no deadline is
+    /// known, i.e. on a member that is not primary).
     pub fn leases(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.inner.lock().leases.keys().copied().collect();
-        ids.sort_unstable();
-        ids
+        let inner = self.inner.lock();
+        let mut ids: Vec<(Option<Instant>, i64)> = inner
+            .leases
+            .iter()
+            .map(|(id, l)| (l.deadline, *id))
+            .collect();
+        // `None` (no deadline) sorts after every deadline.
+        ids.sort_unstable_by_key(|(d, id)| (d.is_none(), *d, *id));
+        ids.into_iter().map(|(_, id)| id).collect()
     }
 
     /// How many leases exist.

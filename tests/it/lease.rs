@@ -609,3 +609,204 @@ async fn etcdctl_lock_and_elect_one_holder_at_a_time() {
         elect_one_leader(kind, &ep).await;
     }
 }
+
+fn status(e: etcd_client::Error) -> (tonic::Code, String) {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+/// The key's lease, or `None` when the key does not exist.
+async fn lease_of(cl: &mut etcd_client::Client, key: &str) -> Option<i64> {
+    let r = cl.get(key, None).await.expect("get");
+    r.kvs().first().map(|kv| kv.lease())
+}
+
+/// The Lease API through the `etcd-client` crate, against etcd and oxcd alike: client-chosen
+/// IDs and the duplicate-ID error, the minimum and maximum TTL, attach/detach through put
+/// (`ignore_lease` keeps the lease, a put without one detaches it), time-to-live with keys and
+/// for an unknown lease (TTL -1), keep-alive of an unknown lease (TTL 0, no error), the lease
+/// list, and a revoke that deletes exactly the attached keys in one revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_api_through_etcd_client_matches_etcd() {
+    use etcd_client::{LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions};
+    for kind in [Kind::Etcd, Kind::Oxcd] {
+        let c = Cluster::start_with(kind, 1, &[]).await;
+        let mut cl = c.client().await;
+        let id = 0x1234_i64;
+        let g = cl
+            .lease_grant(30, Some(LeaseGrantOptions::new().with_id(id)))
+            .await
+            .expect("grant with an ID");
+        assert_eq!((g.id(), g.ttl()), (id, 30), "{kind:?}");
+        let dup = cl
+            .lease_grant(60, Some(LeaseGrantOptions::new().with_id(id)))
+            .await
+            .expect_err("a second grant of the same ID");
+        assert_eq!(
+            status(dup),
+            (
+                tonic::Code::FailedPrecondition,
+                "etcdserver: lease already exists".to_string()
+            ),
+            "{kind:?}"
+        );
+        let short = cl.lease_grant(1, None).await.expect("grant TTL 1");
+        assert!(short.id() > 0, "{kind:?}: server-chosen IDs are positive");
+        assert_eq!(short.ttl(), 2, "{kind:?}: TTL raised to the minimum");
+        let big = cl
+            .lease_grant(9_000_000_001, None)
+            .await
+            .expect_err("too large a TTL");
+        assert_eq!(
+            status(big),
+            (
+                tonic::Code::OutOfRange,
+                "etcdserver: too large lease TTL".to_string()
+            ),
+            "{kind:?}"
+        );
+
+        let with = |l: i64| Some(PutOptions::new().with_lease(l));
+        cl.put("a", "1", with(id)).await.expect("put a");
+        cl.put("b", "1", with(id)).await.expect("put b");
+        cl.put("c", "1", None).await.expect("put c");
+        cl.put("a", "2", Some(PutOptions::new().with_ignore_lease()))
+            .await
+            .expect("put a, ignore_lease");
+        cl.put("b", "2", None).await.expect("put b without a lease");
+        assert_eq!(lease_of(&mut cl, "a").await, Some(id), "{kind:?}");
+        assert_eq!(lease_of(&mut cl, "b").await, Some(0), "{kind:?}");
+
+        let t = cl
+            .lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
+            .await
+            .expect("time to live");
+        assert_eq!(
+            (t.id(), t.granted_ttl(), t.keys()),
+            (id, 30, &[b"a".to_vec()][..]),
+            "{kind:?}"
+        );
+        assert!(
+            (28..=30).contains(&t.ttl()),
+            "{kind:?}: remaining {}",
+            t.ttl()
+        );
+        let unknown = cl.lease_time_to_live(0x999, None).await.expect("unknown");
+        assert_eq!(unknown.ttl(), -1, "{kind:?}: an unknown lease has TTL -1");
+
+        // etcd-client refuses a keep-alive whose first answer is TTL 0, so ask through raw
+        // gRPC: an unknown lease is answered with TTL 0 on the same stream, not an error.
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.endpoints()))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut raw = oxcd::proto::etcdserverpb::lease_client::LeaseClient::new(ch);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        for lease in [0x999, id] {
+            tx.send(oxcd::proto::etcdserverpb::LeaseKeepAliveRequest { id: lease })
+                .await
+                .expect("queue");
+        }
+        let mut answers = raw
+            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("keep-alive stream")
+            .into_inner();
+        for (lease, ttl) in [(0x999, 0), (id, 30)] {
+            let r = answers.message().await.expect("receive").expect("answer");
+            assert_eq!((r.id, r.ttl), (lease, ttl), "{kind:?}");
+        }
+        let (mut keeper, mut stream) = cl.lease_keep_alive(id).await.expect("keep-alive");
+        keeper.keep_alive().await.expect("send");
+        let r = stream
+            .message()
+            .await
+            .expect("receive")
+            .expect("a response");
+        assert_eq!((r.id(), r.ttl()), (id, 30), "{kind:?}");
+
+        let mut listed: Vec<i64> = cl
+            .leases()
+            .await
+            .expect("leases")
+            .leases()
+            .iter()
+            .map(|l| l.id())
+            .collect();
+        listed.sort_unstable();
+        let mut want = vec![id, short.id()];
+        want.sort_unstable();
+        assert_eq!(listed, want, "{kind:?}");
+
+        let before = cl
+            .get("c", None)
+            .await
+            .expect("get")
+            .header()
+            .map(|h| h.revision());
+        let revoked = cl.lease_revoke(id).await.expect("revoke");
+        assert_eq!(
+            revoked.header().map(|h| h.revision()),
+            before.map(|r| r + 1),
+            "{kind:?}: the revoke deleted its one key in one revision"
+        );
+        assert_eq!(lease_of(&mut cl, "a").await, None, "{kind:?}");
+        assert_eq!(lease_of(&mut cl, "b").await, Some(0), "{kind:?}");
+        let again = cl.lease_revoke(id).await.expect_err("revoke twice");
+        assert_eq!(
+            status(again),
+            (
+                tonic::Code::NotFound,
+                "etcdserver: requested lease not found".to_string()
+            ),
+            "{kind:?}"
+        );
+    }
+}
+
+/// With `--experimental-enable-lease-checkpoint`, the leader checkpoints remaining TTLs through
+/// the log, so after a leader SIGKILL the new leader counts down from the checkpoint instead of
+/// granting the full TTL again; without it, the new leader restarts the full TTL (etcd's default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpointed_remaining_ttl_survives_a_leader_kill() {
+    for checkpoint in [true, false] {
+        let flags: &[&str] = if checkpoint {
+            &[
+                "--experimental-enable-lease-checkpoint",
+                "--experimental-lease-checkpoint-interval=1s",
+            ]
+        } else {
+            &[]
+        };
+        let mut c = Cluster::start_with(Kind::Oxcd, 3, flags).await;
+        let leader = c.wait_leader().await;
+        let other = c.members[(leader + 1) % 3].endpoint();
+        let id = granted(&etcdctl(&other, &["lease", "grant", "30"]), 30);
+        // Four seconds off the lease: checkpoints (every second) have recorded at most 28 s.
+        wait_until("the lease to run down to 26 s", WAIT, || {
+            let t = etcdctl(&other, &["lease", "timetolive", &id]);
+            let left = t.ok.then(|| remaining(&t, &id, 30, None));
+            async move { left.is_some_and(|l| l <= 26) }
+        })
+        .await;
+        c.members[leader].kill();
+        let new_leader = c.wait_leader().await;
+        let t = etcdctl(
+            &c.members[new_leader].endpoint(),
+            &["lease", "timetolive", &id],
+        );
+        let left = remaining(&t, &id, 30, None);
+        if checkpoint {
+            // At most a checkpoint (<= 28 s) plus the new leader's grace of one election timeout.
+            assert!(left <= 29, "remaining {left} s after the leader change");
+        } else {
+            assert!(
+                left >= 30,
+                "without checkpoints the full TTL restarts: {left} s"
+            );
+        }
+    }
+}
