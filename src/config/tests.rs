@@ -105,3 +105,33 @@ fn durations() {
     assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
     assert_eq!(parse_duration("abc"), None);
 }
+
+#[test]
+fn boolean_flags_may_be_bare_and_lease_checkpoints_follow_etcd() {
+    let settings = |args: &[&str]| Config::load(&flags(args)).and_then(|c| c.validate());
+    let s = settings(&[]).expect("defaults");
+    assert_eq!(s.lease_checkpoint_interval, None);
+    assert!(s.strict_reconfig_check);
+
+    let s = settings(&[
+        "--experimental-enable-lease-checkpoint",
+        "--experimental-lease-checkpoint-interval=30s",
+        "--strict-reconfig-check=false",
+    ])
+    .expect("bare boolean flag");
+    assert_eq!(s.lease_checkpoint_interval, Some(Duration::from_secs(30)));
+    assert!(!s.strict_reconfig_check);
+
+    let s = settings(&["--experimental-enable-lease-checkpoint=true"]).expect("valid");
+    assert_eq!(s.lease_checkpoint_interval, Some(Duration::from_secs(300)));
+
+    let e = settings(&["--experimental-enable-lease-checkpoint-persist"])
+        .expect_err("persist needs checkpoints, as in etcd");
+    assert!(
+        e.to_string()
+            .contains("experimental-enable-lease-checkpoint"),
+        "{e}"
+    );
+    // A flag that takes a value still needs one.
+    assert!(Flags::try_parse_from(["oxcd", "--name"]).is_err());
+}
