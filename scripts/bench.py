@@ -157,6 +157,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=1, help="repeat each workload, keep the best")
     ap.add_argument("--failovers", type=int, default=3, help="leader SIGKILLs per server kind")
     ap.add_argument("--no-watch", dest="watch", action="store_false", help="skip the watch workloads")
+    ap.add_argument("--no-lease", dest="lease", action="store_false", help="skip the lease workloads")
     args = ap.parse_args()
     bench_bin = os.path.join(args.bin_dir, "oxcd-bench")
     oxcd_bin = os.path.join(args.bin_dir, "oxcd")
@@ -166,6 +167,7 @@ def main():
     workdir = tempfile.mkdtemp(prefix="oxcd-bench-")
     rows = []
     watch_rows = []
+    expiry_rows = []
     try:
         for n in [int(s) for s in args.sizes.split(",")]:
             clusters = {}
@@ -185,6 +187,25 @@ def main():
                             if kind not in best or r["requests_per_sec"] > best[kind]["requests_per_sec"]:
                                 best[kind] = r
                     rows.append((n, label, best["etcd"], best["oxcd"]))
+                if args.lease:
+                    best = {}
+                    for _ in range(args.rounds):
+                        for kind, c in clusters.items():
+                            r = bench(bench_bin, c.endpoints(), 100, 10,
+                                      ["lease-keepalive", "--leases=1000",
+                                       f"--total={int(20000 * args.scale)}"])
+                            if r["errors"]:
+                                print(f"warning: {kind} lease-keepalive: {r['errors']} errors "
+                                      f"({r['first_error']})", file=sys.stderr)
+                            if kind not in best or r["requests_per_sec"] > best[kind]["requests_per_sec"]:
+                                best[kind] = r
+                    rows.append((n, "lease keep-alive, 1000 leases, 100 streams / 10 conns",
+                                 best["etcd"], best["oxcd"]))
+                    exp = {}
+                    for kind, c in clusters.items():
+                        exp[kind] = bench(bench_bin, c.endpoints(), 1, 3,
+                                          ["lease-expiry", "--leases=200", "--ttl=2"])
+                    expiry_rows.append((n, exp))
                 if n == 1 and args.watch:
                     fan = {}
                     for kind, c in clusters.items():
@@ -239,6 +260,16 @@ def main():
                   f"{o['events_per_sec'] / max(e['events_per_sec'], 1e-9):.2f} | "
                   f"{e['latency_ms']['p50']:.1f} / {e['latency_ms']['p99']:.1f} | "
                   f"{o['latency_ms']['p50']:.1f} / {o['latency_ms']['p99']:.1f} |")
+    if expiry_rows:
+        print()
+        print("| members | lease expiry to DELETE event, 200 leases of 2 s | etcd p50 / p99 / max ms | "
+              "oxcd p50 / p99 / max ms | oxcd/etcd p50 |")
+        print("|---|---|---|---|---|")
+        for n, f in expiry_rows:
+            e, o = f["etcd"]["expiry_to_delete_ms"], f["oxcd"]["expiry_to_delete_ms"]
+            print(f"| {n} | | {e['p50']:.0f} / {e['p99']:.0f} / {e['max']:.0f} | "
+                  f"{o['p50']:.0f} / {o['p99']:.0f} / {o['max']:.0f} | "
+                  f"{o['p50'] / max(e['p50'], 1e-9):.2f} |")
 
 
 if __name__ == "__main__":

@@ -387,13 +387,10 @@ async fn lease_keepalive(args: &Args, leases: usize, total: u64) -> Result<(), B
             let mut hist = Histogram::<u64>::new(3).ok();
             let mut first_error = None;
             let (tx, rx) = tokio::sync::mpsc::channel(1);
-            let mut inbound = match client
-                .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-            {
-                Ok(r) => r.into_inner(),
-                Err(e) => return (hist, Some(e.message().to_string())),
-            };
+            // etcd (grpc-go) sends the response headers with the first answer, so the stream
+            // is opened only once its first request is queued.
+            let mut rx = Some(rx);
+            let mut inbound = None;
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= total {
@@ -405,6 +402,18 @@ async fn lease_keepalive(args: &Args, leases: usize, total: u64) -> Result<(), B
                     errors.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
+                if let Some(rx) = rx.take() {
+                    match client
+                        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                        .await
+                    {
+                        Ok(r) => inbound = Some(r.into_inner()),
+                        Err(e) => return (hist, Some(e.message().to_string())),
+                    }
+                }
+                let Some(inbound) = inbound.as_mut() else {
+                    break;
+                };
                 match inbound.message().await {
                     Ok(Some(r)) if r.ttl > 0 => {
                         if let Some(h) = hist.as_mut() {

@@ -2,8 +2,8 @@
 //!
 //! Invariants:
 //! - Only the leader's lessor holds deadlines. It is promoted once this member leads and has
-//!   applied everything committed before (a linearizable barrier), and demoted as soon as it
-//!   does not lead.
+//!   applied everything committed before (a linearizable barrier), and demoted within a heartbeat
+//!   interval of losing leadership (a deposed leader cannot commit a revoke meanwhile).
 //! - Expired leases are revoked by proposing `LeaseRevoke` through the log with
 //!   [`crate::raft::RaftNode::write_as_leader`], which never forwards: a deposed leader's
 //!   proposal fails instead of reaching the new leader.
@@ -22,7 +22,7 @@ use crate::lease::REVOKE_RATE;
 use crate::proto::etcdserverpb::{
     LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest,
 };
-use crate::raft::{ProposeError, RaftWatch};
+use crate::raft::ProposeError;
 
 /// Most checkpoints in one proposal.
 const CHECKPOINTS_PER_OP: usize = 1000;
@@ -121,21 +121,12 @@ impl Budget {
     }
 }
 
-async fn leadership_changed(w: &mut RaftWatch, node: &Node, was: bool) {
-    loop {
-        if w.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        if node.raft.is_leader() != was {
-            return;
-        }
-    }
-}
-
 /// Runs the expiry (and checkpoint) loop until the task is aborted.
 pub(super) async fn run(node: Arc<Node>) {
     let leases = node.leases.clone();
-    let mut watch = node.raft.leader_changes();
+    // Leadership is polled every heartbeat: following raft's every state change would wake this
+    // task several times per write.
+    let poll = node.settings.heartbeat.max(Duration::from_millis(10));
     let mut primary = false;
     let mut budget = Budget::new();
     let checkpoint_every = node.settings.lease_checkpoint_interval;
@@ -160,7 +151,7 @@ pub(super) async fn run(node: Arc<Node>) {
             next_checkpoint = None;
             tracing::info!("no longer leader: lease deadlines dropped");
         }
-        let mut wake = tokio::time::Instant::now() + IDLE;
+        let mut wake = tokio::time::Instant::now() + poll.min(IDLE);
         if primary {
             let n = budget.available();
             let due = leases.expired(n);
@@ -182,7 +173,6 @@ pub(super) async fn run(node: Arc<Node>) {
             }
         }
         tokio::select! {
-            _ = leadership_changed(&mut watch, &node, primary) => {}
             _ = leases.deadline_set() => {}
             _ = tokio::time::sleep_until(wake) => {}
         }

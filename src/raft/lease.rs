@@ -13,7 +13,7 @@ use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
 use super::peer::{self, PeerError};
-use super::{ProposeError, RaftNode, Shared, FORWARD_ATTEMPTS};
+use super::{ProposeError, RaftNode, Shared};
 use crate::apply::{Op, Pb};
 use crate::lease::{Renewal, TimeToLive};
 use crate::proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest};
@@ -43,6 +43,9 @@ pub enum LeaseReply {
 
 /// How long a leader that has not yet promoted its lessor is waited for.
 const PROMOTION_WAIT: Duration = Duration::from_millis(50);
+
+/// The pause between attempts while no leader can be reached.
+const RETRY_GAP: Duration = Duration::from_millis(50);
 
 impl Shared {
     fn not_primary(&self) -> Option<ProposeError> {
@@ -124,19 +127,38 @@ impl Shared {
 
 impl RaftNode {
     /// Answers a lease call at the leader, forwarding it when this member is not the leader.
+    /// While there is no reachable leader it keeps trying (every [`RETRY_GAP`], each forward
+    /// bounded by one election timeout, so a stopped leader does not hold renewals past the
+    /// grace a new leader gives) until the request timeout.
     async fn lease_call(&self, call: LeaseCall) -> Result<LeaseReply, ProposeError> {
+        let deadline = tokio::time::Instant::now() + self.shared.request_timeout;
         let mut hint = None;
-        for _ in 0..FORWARD_ATTEMPTS {
-            let res = match hint {
+        loop {
+            let res = match hint.take() {
                 None => self.shared.lease_local(call).await,
                 Some(l) => self.forward_lease(l, call).await,
             };
-            match res {
-                Err(ProposeError::NotLeader(l)) => hint = Some(l),
+            let retry = match res {
+                Err(ProposeError::NotLeader(l)) => {
+                    hint = Some(l);
+                    false
+                }
+                Err(ProposeError::NoLeader)
+                | Err(ProposeError::LeaderUnreachable(_))
+                | Err(ProposeError::Timeout) => true,
                 other => return other,
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return match res {
+                    Err(ProposeError::NotLeader(_)) => Err(ProposeError::NoLeader),
+                    other => other,
+                };
+            }
+            if retry {
+                tokio::time::sleep_until((now + RETRY_GAP).min(deadline)).await;
             }
         }
-        Err(ProposeError::NoLeader)
     }
 
     async fn forward_lease(
@@ -150,9 +172,12 @@ impl RaftNode {
         let reply = self
             .shared
             .peers
-            .call(id, &node, self.shared.request_timeout, |mut c| async move {
-                c.lease(payload).await
-            })
+            .call(
+                id,
+                &node,
+                self.shared.lease_forward_timeout,
+                |mut c| async move { c.lease(payload).await },
+            )
             .await
             .map_err(|e| match e {
                 PeerError::Timeout(_) => ProposeError::Timeout,

@@ -134,6 +134,8 @@ pub(crate) struct Shared {
     proposals: tokio::sync::mpsc::UnboundedSender<batch::Pending>,
     reads: tokio::sync::mpsc::UnboundedSender<batch::PendingRead>,
     leases: Arc<Lessor>,
+    /// Bound of one forwarded lease call: one election timeout.
+    lease_forward_timeout: Duration,
 }
 
 fn forward_err(e: RaftError<u64, ClientWriteError<u64, Member>>, me: u64) -> ProposeError {
@@ -323,6 +325,7 @@ impl RaftNode {
                 strict: settings.strict_reconfig_check,
                 membership_lock: tokio::sync::Mutex::new(()),
                 leases,
+                lease_forward_timeout: settings.election.max(Duration::from_millis(100)),
             }),
         })
     }

@@ -810,3 +810,66 @@ async fn checkpointed_remaining_ttl_survives_a_leader_kill() {
         }
     }
 }
+
+/// A leader that is cut off (SIGSTOP) while one of its leases is kept alive through a follower
+/// never revokes it: the others elect a new leader that takes over the keep-alives, and when the
+/// old leader resumes with its lease deadlines long past, its stale view changes nothing. The
+/// key stays on every member and a watcher sees no DELETE; once the keep-alive stops, the lease
+/// expires exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_never_revokes_a_lease_kept_alive_elsewhere() {
+    let c = Cluster::start(3).await;
+    let old = c.wait_leader().await;
+    let (f, g) = ((old + 1) % 3, (old + 2) % 3);
+    let (fep, gep) = (c.members[f].endpoint(), c.members[g].endpoint());
+
+    let id = granted(&etcdctl(&fep, &["lease", "grant", "2"]), 2);
+    let mut ka = CtlProc::spawn(&fep, &["lease", "keep-alive", &id], None);
+    keepalives(&ka, &id, 2, 1);
+    let put = etcdctl(&fep, &["put", &format!("--lease={id}"), "dl", "v"]);
+    assert_eq!(put.stdout, "OK\n", "{put:?}");
+    let put_rev = get_json(&fep, "dl")["kvs"][0]["mod_revision"]
+        .as_i64()
+        .expect("kvs[0].mod_revision");
+    let rev_flag = format!("--rev={put_rev}");
+    let watch_args = ["watch", "--prefix", "dl", rev_flag.as_str()];
+    let watcher = CtlProc::spawn(&gep, &watch_args, None);
+
+    c.members[old].signal("STOP");
+    // Renewals keep coming through the follower once the other two have a leader; six of them
+    // (each about a second apart) span well over the 2 s TTL the stopped leader last saw.
+    drain_keepalives(&ka, &id);
+    keepalives(&ka, &id, 2, 6);
+    c.members[old].signal("CONT");
+
+    // The old leader rejoins: a linearizable read through it needs the new leader's read
+    // index, so once it answers it has caught up, and it still sees the key.
+    let oep = c.members[old].endpoint();
+    wait_until("the old leader to serve a linearizable read", WAIT, || {
+        let got = etcdctl(&oep, &["get", "dl"]);
+        async move { got.ok && got.stdout == "dl\nv\n" }
+    })
+    .await;
+    // Give a stale revoke every chance to commit: more renewals after the resume.
+    keepalives(&ka, &id, 2, 4);
+    for m in &c.members {
+        let got = etcdctl(&m.endpoint(), &["get", "dl"]);
+        assert_eq!(got.stdout, "dl\nv\n", "through {}: {got:?}", m.spec.name);
+    }
+
+    ka.kill();
+    for m in &c.members {
+        let ep = m.endpoint();
+        wait_until(&format!("dl to expire on {}", m.spec.name), WAIT, || {
+            let got = etcdctl(&ep, &["get", "dl"]);
+            async move { got.ok && got.stdout.is_empty() }
+        })
+        .await;
+    }
+    let end = etcdctl(&fep, &["put", "dl.end", "end"]);
+    assert_eq!(end.stdout, "OK\n", "{end:?}");
+    assert_eq!(
+        history_until(watcher, &gep, &watch_args, "end"),
+        ["PUT", "dl", "v", "DELETE", "dl", "", "PUT", "dl.end", "end"]
+    );
+}
