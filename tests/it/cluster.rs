@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::GetOptions;
+use etcd_client::{GetOptions, PutOptions};
 
 use crate::harness::{
     connect, etcdctl, free_port, wait_until, Cluster, Ctl, Kind, Member, MemberSpec, WAIT,
@@ -459,6 +459,13 @@ async fn lagging_member_catches_up_through_a_snapshot() {
         .map(|i| c.members[i].endpoint())
         .collect();
     let mut kv = connect(&others).await;
+    // A lease and its keys reach the lagging member only inside the snapshot.
+    let lease = kv.lease_grant(600, None).await.expect("grant").id();
+    for key in ["leased/a", "leased/b"] {
+        kv.put(key, "v", Some(PutOptions::new().with_lease(lease)))
+            .await
+            .expect("leased put");
+    }
     for i in 0..600 {
         kv.put(format!("snap{i:04}"), format!("v{i}"), None)
             .await
@@ -488,6 +495,27 @@ async fn lagging_member_catches_up_through_a_snapshot() {
         .expect("count");
     assert_eq!(g.count(), 600);
     lc.put("after-snapshot", "v", None).await.expect("write");
+
+    // The installed snapshot carried the lease table, and the member rebuilt which keys belong
+    // to the lease: a revoke deletes them there too.
+    assert_eq!(
+        local_value(&c.members[lagger], "leased/a").await.as_deref(),
+        Some(&b"v"[..])
+    );
+    kv.lease_revoke(lease).await.expect("revoke");
+    wait_until(
+        "the revoke to delete the leased keys on the lagging member",
+        WAIT,
+        || {
+            let m = &c.members[lagger];
+            async move {
+                local_value(m, "leased/a").await.is_none()
+                    && local_value(m, "leased/b").await.is_none()
+            }
+        },
+    )
+    .await;
+    wait_same_hashkv(&c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
