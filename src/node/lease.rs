@@ -100,15 +100,14 @@ struct Budget {
 }
 
 impl Budget {
-    fn new() -> Budget {
+    fn new(now: tokio::time::Instant) -> Budget {
         Budget {
             tokens: REVOKE_RATE as f64 / 2.0,
-            at: tokio::time::Instant::now(),
+            at: now,
         }
     }
 
-    fn available(&mut self) -> usize {
-        let now = tokio::time::Instant::now();
+    fn available(&mut self, now: tokio::time::Instant) -> usize {
         let cap = REVOKE_RATE as f64 / 2.0;
         self.tokens =
             (self.tokens + now.duration_since(self.at).as_secs_f64() * REVOKE_RATE as f64).min(cap);
@@ -128,7 +127,7 @@ pub(super) async fn run(node: Arc<Node>) {
     // task several times per write.
     let poll = node.settings.heartbeat.max(Duration::from_millis(10));
     let mut primary = false;
-    let mut budget = Budget::new();
+    let mut budget = Budget::new(tokio::time::Instant::now());
     let checkpoint_every = node.settings.lease_checkpoint_interval;
     let mut next_checkpoint = None;
     loop {
@@ -153,13 +152,13 @@ pub(super) async fn run(node: Arc<Node>) {
         }
         let mut wake = tokio::time::Instant::now() + poll.min(IDLE);
         if primary {
-            let n = budget.available();
+            let n = budget.available(tokio::time::Instant::now());
             let due = leases.expired(n);
             if !due.is_empty() {
                 budget.spend(due.len());
                 revoke(&node, due).await;
             }
-            if budget.available() == 0 {
+            if budget.available(tokio::time::Instant::now()) == 0 {
                 wake = wake.min(tokio::time::Instant::now() + Duration::from_millis(100));
             } else if let Some(d) = leases.next_deadline() {
                 wake = wake.min(tokio::time::Instant::from_std(d));
@@ -211,6 +210,27 @@ async fn checkpoint(node: &Node, min_ttl: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revokes_are_limited_to_the_revoke_rate() {
+        let t0 = tokio::time::Instant::now();
+        let mut b = Budget::new(t0);
+        assert_eq!(
+            b.available(t0),
+            REVOKE_RATE / 2,
+            "half a second's worth at once"
+        );
+        b.spend(REVOKE_RATE / 2);
+        assert_eq!(b.available(t0), 0);
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(b.available(later), REVOKE_RATE / 10);
+        let much_later = t0 + Duration::from_secs(60);
+        assert_eq!(
+            b.available(much_later),
+            REVOKE_RATE / 2,
+            "the budget does not pile up"
+        );
+    }
 
     #[test]
     fn the_minimum_ttl_is_one_and_a_half_election_timeouts_rounded_up() {
