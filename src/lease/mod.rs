@@ -5,9 +5,10 @@
 //!   while a command is applied, and its row in the `lease` column family goes into that command's
 //!   batch; every member holds the same table. Attached keys are not stored: they are derived
 //!   from the keys' own `lease` field, tracked as puts and deletes apply and rebuilt at start-up.
-//! - Deadlines are volatile and leader-local. Only a primary lessor (this member leads and has
-//!   applied its predecessors' log) has them; a lessor that is not primary never reports a lease
-//!   expired, so a member that lost leadership never revokes.
+//! - Deadlines are volatile and leader-local. Only a primary lessor has them: it was promoted
+//!   for one raft term, by a member that led in that term and had applied everything committed
+//!   before it. Renewals, time-to-live and expiry name the caller's current term and are refused
+//!   for any other, so a lessor left over from an earlier term never answers or revokes.
 //! - Promotion gives every lease its full TTL again (or its checkpointed remaining TTL) plus an
 //!   extension, as etcd does; demotion drops every deadline.
 //! - Time comes from a [`Clock`], so tests move time by hand.
@@ -46,6 +47,11 @@ pub enum LeaseError {
     Exists,
 }
 
+/// This lessor is not primary for the caller's raft term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the lessor is not primary for this term")]
+pub struct NotPrimary;
+
 /// The answer to a keep-alive on this member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Renewal {
@@ -79,7 +85,7 @@ pub struct TimeToLive {
 }
 
 /// The stored row of a lease.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy)]
 struct Record {
     id: i64,
     ttl: i64,
@@ -112,7 +118,8 @@ struct Inner {
     leases: HashMap<i64, Lease>,
     /// Which lease each leased key is attached to.
     owner: HashMap<Vec<u8>, i64>,
-    primary: bool,
+    /// The raft term this lessor was promoted for; `None` when it is not primary.
+    primary: Option<u64>,
     /// Deadlines in order; holds exactly the leases whose `deadline` is set.
     queue: BTreeSet<(Instant, i64)>,
 }
@@ -153,16 +160,36 @@ pub struct Lessor {
     deadline_set: tokio::sync::Notify,
 }
 
+/// A stored lease row: ID, granted TTL and checkpointed remaining TTL, 8 bytes big-endian each.
 fn decode(raw: &[u8]) -> Result<Record, StorageError> {
-    bincode::deserialize(raw).map_err(|e| StorageError::Corrupt {
-        cf: "lease",
-        detail: e.to_string(),
+    let field = |i: usize| -> Result<i64, StorageError> {
+        raw.get(i * 8..i * 8 + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(i64::from_be_bytes)
+            .ok_or_else(|| StorageError::Corrupt {
+                cf: "lease",
+                detail: format!("a lease row of {} bytes, not 24", raw.len()),
+            })
+    };
+    if raw.len() != 24 {
+        return Err(StorageError::Corrupt {
+            cf: "lease",
+            detail: format!("a lease row of {} bytes, not 24", raw.len()),
+        });
+    }
+    Ok(Record {
+        id: field(0)?,
+        ttl: field(1)?,
+        remaining_ttl: field(2)?,
     })
 }
 
 fn encode(r: &Record) -> Vec<u8> {
-    // A fixed-size struct of integers: bincode cannot fail on it.
-    bincode::serialize(r).unwrap_or_default()
+    let mut out = Vec::with_capacity(24);
+    for v in [r.id, r.ttl, r.remaining_ttl] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    out
 }
 
 impl Lessor {
@@ -214,7 +241,7 @@ impl Lessor {
             primary,
             queue: BTreeSet::new(),
         };
-        if primary {
+        if primary.is_some() {
             let ids: Vec<(i64, i64)> = inner
                 .leases
                 .iter()
@@ -262,7 +289,7 @@ impl Lessor {
                 ..Default::default()
             },
         );
-        if inner.primary {
+        if inner.primary.is_some() {
             let deadline = self.clock.now() + secs(ttl);
             inner.set_deadline(id, Some(deadline));
             drop(inner);
@@ -353,16 +380,22 @@ impl Lessor {
 
     /// Whether this lessor holds deadlines.
     pub fn is_primary(&self) -> bool {
+        self.inner.lock().primary.is_some()
+    }
+
+    /// The raft term this lessor is primary for, if it is.
+    pub fn primary_term(&self) -> Option<u64> {
         self.inner.lock().primary
     }
 
-    /// Becomes primary: every lease expires `extend` after its (remaining) TTL from now. When
+    /// Becomes primary for raft term `term`: every lease expires `extend` after its (remaining)
+    /// TTL from now. When
     /// more than [`REVOKE_RATE`] leases exist, expiries that pile up in one second are spread so
     /// that at most three quarters of the revoke rate fall in any second.
-    pub fn promote(&self, extend: Duration) {
+    pub fn promote(&self, extend: Duration, term: u64) {
         let now = self.clock.now();
         let mut inner = self.inner.lock();
-        inner.primary = true;
+        inner.primary = Some(term);
         let mut planned: Vec<(Instant, i64)> = inner
             .leases
             .iter()
@@ -386,7 +419,7 @@ impl Lessor {
     /// Stops being primary: deadlines are dropped until the next promotion.
     pub fn demote(&self) {
         let mut inner = self.inner.lock();
-        inner.primary = false;
+        inner.primary = None;
         inner.queue.clear();
         for l in inner.leases.values_mut() {
             l.deadline = None;
@@ -396,11 +429,11 @@ impl Lessor {
         self.bump();
     }
 
-    /// Renews lease `id` for its granted TTL (the leader's keep-alive).
-    pub fn renew(&self, id: i64) -> Renewal {
+    /// Renews lease `id` for its granted TTL (the keep-alive of the leader of raft term `term`).
+    pub fn renew(&self, id: i64, term: u64) -> Renewal {
         let now = self.clock.now();
         let mut inner = self.inner.lock();
-        if !inner.primary {
+        if inner.primary != Some(term) {
             return Renewal::NotPrimary;
         }
         let Some(l) = inner.leases.get(&id) else {
@@ -419,13 +452,17 @@ impl Lessor {
     }
 
     /// The remaining and granted TTL of lease `id` (with its keys when `with_keys`), as the
-    /// primary knows them. `Err(())` when this lessor is not primary; `Ok(None)` for no lease.
-    #[allow(clippy::result_unit_err)]
-    pub fn time_to_live(&self, id: i64, with_keys: bool) -> Result<Option<TimeToLive>, ()> {
+    /// primary of raft term `term` knows them; `Ok(None)` for no lease.
+    pub fn time_to_live(
+        &self,
+        id: i64,
+        with_keys: bool,
+        term: u64,
+    ) -> Result<Option<TimeToLive>, NotPrimary> {
         let now = self.clock.now();
         let inner = self.inner.lock();
-        if !inner.primary {
-            return Err(());
+        if inner.primary != Some(term) {
+            return Err(NotPrimary);
         }
         Ok(inner.leases.get(&id).map(|l| {
             // etcd truncates the remaining duration to whole seconds.
@@ -448,12 +485,12 @@ impl Lessor {
     }
 
     /// Up to `limit` leases whose deadline has passed, earliest first. Each is reported again
-    /// after [`EXPIRED_RETRY`] if it still exists (its revoke may have been lost). Empty when not
-    /// primary.
-    pub fn expired(&self, limit: usize) -> Vec<i64> {
+    /// after [`EXPIRED_RETRY`] if it still exists (its revoke may have been lost). Empty unless
+    /// primary for raft term `term`.
+    pub fn expired(&self, limit: usize, term: u64) -> Vec<i64> {
         let now = self.clock.now();
         let mut inner = self.inner.lock();
-        if !inner.primary {
+        if inner.primary != Some(term) {
             return Vec::new();
         }
         let due: Vec<i64> = inner
@@ -478,20 +515,22 @@ impl Lessor {
     }
 
     /// The remaining TTL, in whole seconds rounded up, of every lease whose TTL is longer than
-    /// `min_ttl` (the checkpoints a primary proposes). Empty when not primary.
-    pub fn checkpoints(&self, min_ttl: Duration) -> Vec<(i64, i64)> {
+    /// `min_ttl` (the checkpoints the primary of raft term `term` proposes). As etcd, leases that
+    /// have expired or have at least their full TTL left are skipped. Empty unless primary.
+    pub fn checkpoints(&self, min_ttl: Duration, term: u64) -> Vec<(i64, i64)> {
         let now = self.clock.now();
         let inner = self.inner.lock();
-        if !inner.primary {
+        if inner.primary != Some(term) {
             return Vec::new();
         }
         let mut out: Vec<(i64, i64)> = inner
             .leases
             .iter()
-            .filter(|(_, l)| secs(l.ttl) > min_ttl)
+            .filter(|(_, l)| secs(l.ttl) > min_ttl && !l.expired)
             .filter_map(|(id, l)| {
-                let left = l.deadline?.saturating_duration_since(now);
-                Some((*id, left.as_secs_f64().ceil() as i64))
+                let left = l.deadline?.checked_duration_since(now)?;
+                let left = left.as_secs_f64().ceil() as i64;
+                (left > 0 && left < l.ttl).then_some((*id, left))
             })
             .collect();
         out.sort_unstable();

@@ -1,9 +1,11 @@
 //! Leases on this member: granting (ID and minimum TTL), and the leader-only expiry task.
 //!
 //! Invariants:
-//! - Only the leader's lessor holds deadlines. It is promoted once this member leads and has
-//!   applied everything committed before (a linearizable barrier), and demoted within a heartbeat
-//!   interval of losing leadership (a deposed leader cannot commit a revoke meanwhile).
+//! - Only the leader's lessor holds deadlines. It is promoted for the leader's term once this
+//!   member has confirmed its leadership and applied everything committed before (its own
+//!   barrier, never forwarded), and demoted as soon as the task sees another state or term. The
+//!   lessor refuses renewals and expiry for any other term meanwhile, so a late demotion is
+//!   harmless.
 //! - Expired leases are revoked by proposing `LeaseRevoke` through the log with
 //!   [`crate::raft::RaftNode::write_as_leader`], which never forwards: a deposed leader's
 //!   proposal fails instead of reaching the new leader.
@@ -126,34 +128,36 @@ pub(super) async fn run(node: Arc<Node>) {
     // Leadership is polled every heartbeat: following raft's every state change would wake this
     // task several times per write.
     let poll = node.settings.heartbeat.max(Duration::from_millis(10));
-    let mut primary = false;
     let mut budget = Budget::new(tokio::time::Instant::now());
     let checkpoint_every = node.settings.lease_checkpoint_interval;
     let mut next_checkpoint = None;
     loop {
-        let leader = node.raft.is_leader();
-        if leader && !primary {
-            // Hold deadlines only once everything committed before this term is applied.
-            match node.raft.linearizable_barrier().await {
-                Ok(()) if node.raft.is_leader() => {
-                    leases.promote(node.settings.election);
-                    primary = true;
+        let (leader, term) = node.raft.leadership();
+        if let Some(t) = leases.primary_term() {
+            if !leader || t != term {
+                leases.demote();
+                next_checkpoint = None;
+                tracing::info!(term = t, "no longer leader: lease deadlines dropped");
+            }
+        }
+        if leader && leases.primary_term().is_none() {
+            match node.raft.leader_barrier().await {
+                Ok(()) if node.raft.leadership() == (true, term) => {
+                    leases.promote(node.settings.election, term);
                     next_checkpoint = checkpoint_every.map(|i| tokio::time::Instant::now() + i);
-                    tracing::info!(leases = leases.len(), "leader holds the lease deadlines");
+                    tracing::info!(
+                        term,
+                        leases = leases.len(),
+                        "leader holds the lease deadlines"
+                    );
                 }
                 Ok(()) => {}
                 Err(e) => tracing::debug!(error = %e, "lessor promotion waits for the leader"),
             }
-        } else if !leader && primary {
-            leases.demote();
-            primary = false;
-            next_checkpoint = None;
-            tracing::info!("no longer leader: lease deadlines dropped");
         }
         let mut wake = tokio::time::Instant::now() + poll.min(IDLE);
-        if primary {
-            let n = budget.available(tokio::time::Instant::now());
-            let due = leases.expired(n);
+        if let Some(term) = leases.primary_term() {
+            let due = leases.expired(budget.available(tokio::time::Instant::now()), term);
             if !due.is_empty() {
                 budget.spend(due.len());
                 revoke(&node, due).await;
@@ -165,7 +169,7 @@ pub(super) async fn run(node: Arc<Node>) {
             }
             if let (Some(at), Some(every)) = (next_checkpoint, checkpoint_every) {
                 if tokio::time::Instant::now() >= at {
-                    checkpoint(&node, every).await;
+                    checkpoint(&node, every, term).await;
                     next_checkpoint = Some(tokio::time::Instant::now() + every);
                 }
                 wake = wake.min(next_checkpoint.unwrap_or(wake));
@@ -191,8 +195,8 @@ async fn revoke(node: &Node, ids: Vec<i64>) {
     }
 }
 
-async fn checkpoint(node: &Node, min_ttl: Duration) {
-    let all = node.leases.checkpoints(min_ttl);
+async fn checkpoint(node: &Node, min_ttl: Duration, term: u64) {
+    let all = node.leases.checkpoints(min_ttl, term);
     for chunk in all.chunks(CHECKPOINTS_PER_OP) {
         let op = Op::LeaseCheckpoint(Pb(LeaseCheckpointRequest {
             checkpoints: chunk
@@ -202,6 +206,9 @@ async fn checkpoint(node: &Node, min_ttl: Duration) {
         }));
         if let Err(e) = node.raft.write_as_leader(op).await {
             tracing::debug!(error = %e, "lease checkpoint not proposed");
+            return;
+        }
+        if node.raft.leadership() != (true, term) {
             return;
         }
     }

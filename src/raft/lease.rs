@@ -2,8 +2,10 @@
 //! only the leader's (primary) lessor holds, so other members forward them over the peer protocol.
 //!
 //! Invariants:
-//! - A call is answered from a primary lessor or not at all: a member that is not primary
-//!   answers `NotLeader`/`NoLeader` and the caller retries at the leader.
+//! - A call is answered only by a leader that has just confirmed its leadership with a quorum
+//!   (a read index) and whose lessor is primary for its current term; any other member answers
+//!   `NotLeader`/`NoLeader` and the caller retries at the leader. A leader cut off from its
+//!   quorum therefore cannot keep a lease alive that the rest of the cluster lets expire.
 //! - A keep-alive of a lease that has expired but is not yet revoked waits for the revoke (then
 //!   answers TTL 0) or for a change of primacy (then asks again), as etcd's does.
 
@@ -48,27 +50,35 @@ const PROMOTION_WAIT: Duration = Duration::from_millis(50);
 const RETRY_GAP: Duration = Duration::from_millis(50);
 
 impl Shared {
-    fn not_primary(&self) -> Option<ProposeError> {
+    /// This member's term if it leads, otherwise who does.
+    fn leading_term(&self) -> Result<u64, ProposeError> {
         let m = self.raft.metrics().borrow().clone();
         if m.state == ServerState::Leader {
-            None
+            Ok(m.current_term)
         } else {
-            Some(match m.current_leader {
+            Err(match m.current_leader {
                 Some(l) if l != self.id => ProposeError::NotLeader(l),
                 _ => ProposeError::NoLeader,
             })
         }
     }
 
-    /// Answers `call` from this member's lessor, waiting while an expired lease is being revoked
-    /// or while this leader is still promoting its lessor.
+    /// Answers `call` from this member's lessor: only as the leader, after confirming leadership
+    /// with a quorum, and only from a lessor promoted in the current term. Waits while an expired
+    /// lease is being revoked or while this leader is still promoting its lessor.
     pub(super) async fn lease_local(&self, call: LeaseCall) -> Result<LeaseReply, ProposeError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let term = self.leading_term()?;
+        // Shared with concurrent linearizable reads and renewals (one heartbeat round).
+        self.local_read_index().await?;
         loop {
             let mut changes = self.leases.changes();
             changes.borrow_and_update();
+            if self.leading_term()? != term {
+                return Err(ProposeError::NoLeader);
+            }
             let wait = match call {
-                LeaseCall::Renew(id) => match self.leases.renew(id) {
+                LeaseCall::Renew(id) => match self.leases.renew(id, term) {
                     Renewal::Renewed {
                         ttl,
                         clear_checkpoint,
@@ -79,22 +89,19 @@ impl Shared {
                         return Ok(LeaseReply::Renewed(ttl));
                     }
                     Renewal::NotFound => return Ok(LeaseReply::Renewed(0)),
-                    Renewal::Expired => None,
-                    Renewal::NotPrimary => Some(()),
+                    // Wait for the revoke (then: not found) or a change of primacy.
+                    Renewal::Expired => deadline,
+                    // This leader is still promoting its lessor.
+                    Renewal::NotPrimary => {
+                        (tokio::time::Instant::now() + PROMOTION_WAIT).min(deadline)
+                    }
                 },
-                LeaseCall::TimeToLive { id, keys } => match self.leases.time_to_live(id, keys) {
-                    Ok(t) => return Ok(LeaseReply::TimeToLive(t)),
-                    Err(()) => Some(()),
-                },
-            };
-            let sleep_until = if wait.is_some() {
-                // Not primary: only a leader about to promote its lessor is worth waiting for.
-                if let Some(e) = self.not_primary() {
-                    return Err(e);
+                LeaseCall::TimeToLive { id, keys } => {
+                    match self.leases.time_to_live(id, keys, term) {
+                        Ok(t) => return Ok(LeaseReply::TimeToLive(t)),
+                        Err(_) => (tokio::time::Instant::now() + PROMOTION_WAIT).min(deadline),
+                    }
                 }
-                (tokio::time::Instant::now() + PROMOTION_WAIT).min(deadline)
-            } else {
-                deadline
             };
             tokio::select! {
                 r = changes.changed() => {
@@ -102,7 +109,7 @@ impl Shared {
                         return Err(ProposeError::Stopped);
                     }
                 }
-                _ = tokio::time::sleep_until(sleep_until) => {}
+                _ = tokio::time::sleep_until(wait) => {}
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ProposeError::Timeout);
@@ -134,6 +141,7 @@ impl RaftNode {
         let deadline = tokio::time::Instant::now() + self.shared.request_timeout;
         let mut hint = None;
         loop {
+            let forwarded = hint.is_some();
             let res = match hint.take() {
                 None => self.shared.lease_local(call).await,
                 Some(l) => self.forward_lease(l, call).await,
@@ -141,7 +149,8 @@ impl RaftNode {
             let retry = match res {
                 Err(ProposeError::NotLeader(l)) => {
                     hint = Some(l);
-                    false
+                    // A leader that names another one is mid-election: do not ping-pong.
+                    forwarded
                 }
                 Err(ProposeError::NoLeader)
                 | Err(ProposeError::LeaderUnreachable(_))

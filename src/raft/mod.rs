@@ -603,6 +603,20 @@ impl RaftNode {
             .unwrap_or(0)
     }
 
+    /// Whether this member leads, and its current term (read together).
+    pub fn leadership(&self) -> (bool, u64) {
+        let m = self.shared.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader, m.current_term)
+    }
+
+    /// On the leader only (never forwarded): confirms leadership with a quorum and waits until
+    /// this member has applied everything committed before, including its own term's first entry.
+    pub async fn leader_barrier(&self) -> Result<(), ProposeError> {
+        let index = self.shared.local_read_index().await?;
+        self.wait_applied(index).await
+    }
+
     /// The index of the last applied entry.
     pub fn applied_index(&self) -> u64 {
         self.shared

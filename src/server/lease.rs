@@ -86,9 +86,12 @@ pub async fn keep_alive_once(
     node: &Node,
     r: LeaseKeepAliveRequest,
 ) -> Result<LeaseKeepAliveResponse, EtcdError> {
+    // The header is taken before renewing, as etcd's: a renewal never reports a revision after
+    // a revoke it raced with.
+    let header = current_header(node);
     let ttl = node.raft.lease_renew(r.id).await?;
     Ok(LeaseKeepAliveResponse {
-        header: current_header(node),
+        header,
         id: r.id,
         ttl,
     })

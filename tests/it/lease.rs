@@ -873,3 +873,49 @@ async fn a_deposed_leader_never_revokes_a_lease_kept_alive_elsewhere() {
         ["PUT", "dl", "v", "DELETE", "dl", "", "PUT", "dl.end", "end"]
     );
 }
+
+/// A leader cut off from both followers (SIGSTOP) cannot keep a lease alive: a keep-alive needs
+/// the leader's leadership confirmed by a quorum, so it fails instead of promising a TTL that
+/// the rest of the cluster need not honour. Once the followers are back, keep-alives succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_a_quorum_does_not_renew_leases() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let lep = c.members[leader].endpoint();
+    let id = granted(&etcdctl(&lep, &["lease", "grant", "30"]), 30);
+    let once = ["lease", "keep-alive", "--once", id.as_str()];
+    let ok = etcdctl(&lep, &once);
+    assert_eq!(
+        ok.stdout,
+        format!("lease {id} keepalived with TTL(30)\n"),
+        "{ok:?}"
+    );
+
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &i in &followers {
+        c.members[i].signal("STOP");
+    }
+    let cut = etcdctl(
+        &lep,
+        &[
+            "--command-timeout=3s",
+            "lease",
+            "keep-alive",
+            "--once",
+            id.as_str(),
+        ],
+    );
+    for &i in &followers {
+        c.members[i].signal("CONT");
+    }
+    assert!(
+        !cut.ok && !cut.stdout.contains("keepalived"),
+        "a leader without a quorum renewed a lease: {cut:?}"
+    );
+    wait_until("a keep-alive once the followers are back", WAIT, || {
+        let r = etcdctl(&c.endpoints(), &once);
+        let want = format!("lease {id} keepalived with TTL(30)\n");
+        async move { r.ok && r.stdout == want }
+    })
+    .await;
+}
