@@ -2,10 +2,12 @@
 //! only the leader's (primary) lessor holds, so other members forward them over the peer protocol.
 //!
 //! Invariants:
-//! - A call is answered only by a leader that has just confirmed its leadership with a quorum
-//!   (a read index) and whose lessor is primary for its current term; any other member answers
-//!   `NotLeader`/`NoLeader` and the caller retries at the leader. A leader cut off from its
-//!   quorum therefore cannot keep a lease alive that the rest of the cluster lets expire.
+//! - A call is answered only by a leader whose lessor is primary for its current term and that
+//!   confirmed its leadership with a quorum (a read index) less than half an election timeout
+//!   before: no other leader can be elected sooner than one election timeout after a quorum last
+//!   heard from it. Any other member answers `NotLeader`/`NoLeader` and the caller retries at the
+//!   leader. A leader cut off from its quorum therefore stops renewing within half an election
+//!   timeout, long before the rest of the cluster could let the lease expire.
 //! - A keep-alive of a lease that has expired but is not yet revoked waits for the revoke (then
 //!   answers TTL 0) or for a change of primacy (then asks again), as etcd's does.
 
@@ -69,8 +71,7 @@ impl Shared {
     pub(super) async fn lease_local(&self, call: LeaseCall) -> Result<LeaseReply, ProposeError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let term = self.leading_term()?;
-        // Shared with concurrent linearizable reads and renewals (one heartbeat round).
-        self.local_read_index().await?;
+        self.confirm_leadership(term).await?;
         loop {
             let mut changes = self.leases.changes();
             changes.borrow_and_update();
@@ -115,6 +116,26 @@ impl Shared {
                 return Err(ProposeError::Timeout);
             }
         }
+    }
+
+    /// Confirms with a quorum that this member still leads in `term`, unless it did so less than
+    /// half an election timeout ago (the check is shared with concurrent linearizable reads).
+    async fn confirm_leadership(&self, term: u64) -> Result<(), ProposeError> {
+        let now = std::time::Instant::now();
+        let fresh = matches!(
+            *self.lease_confirmed.lock(),
+            Some((t, at)) if t == term && now.duration_since(at) < self.lease_forward_timeout / 2
+        );
+        if fresh {
+            return Ok(());
+        }
+        // The check starts after `now`, so a quorum heard from this leader after `now`.
+        self.local_read_index().await?;
+        let mut confirmed = self.lease_confirmed.lock();
+        if confirmed.is_none_or(|(t, at)| t < term || (t == term && at < now)) {
+            *confirmed = Some((term, now));
+        }
+        Ok(())
     }
 
     /// A renewed lease has its full TTL again: its checkpointed remainder is cleared through the

@@ -136,6 +136,9 @@ pub(crate) struct Shared {
     leases: Arc<Lessor>,
     /// Bound of one forwarded lease call: one election timeout.
     lease_forward_timeout: Duration,
+    /// The term and time (before the check began) a quorum last confirmed this leader, for
+    /// lease calls.
+    lease_confirmed: parking_lot::Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 fn forward_err(e: RaftError<u64, ClientWriteError<u64, Member>>, me: u64) -> ProposeError {
@@ -326,6 +329,7 @@ impl RaftNode {
                 membership_lock: tokio::sync::Mutex::new(()),
                 leases,
                 lease_forward_timeout: settings.election.max(Duration::from_millis(100)),
+                lease_confirmed: parking_lot::Mutex::new(None),
             }),
         })
     }
