@@ -3,7 +3,7 @@
 //! Layers (dependencies point downward only; a test scans `use crate::` lines to hold this):
 //!
 //! ```text
-//! main -> server -> node -> raft -> apply -> {mvcc, lease} -> storage
+//! main -> server -> node -> raft -> apply -> {mvcc, lease, auth} -> storage
 //! types, config, telemetry, proto: leaves, usable from anywhere
 //! ```
 //!
@@ -16,6 +16,7 @@
 //! - `rocksdb` is used only in `storage`, `openraft` only in `raft`.
 
 pub mod apply;
+pub mod auth;
 pub mod config;
 pub mod lease;
 pub mod mvcc;

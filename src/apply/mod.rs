@@ -13,6 +13,7 @@
 
 mod pb;
 
+use crate::auth::{AuthCmd, AuthError, AuthStore};
 use crate::lease::{LeaseError, Lessor};
 use crate::mvcc::{Mvcc, MvccError, ReadError, TxnState, Writer};
 use crate::proto::etcdserverpb::{
@@ -47,6 +48,8 @@ pub enum Op {
     LeaseRevoke(Pb<LeaseRevokeRequest>),
     /// Remaining TTLs the leader checkpoints, so they survive a leader change.
     LeaseCheckpoint(Pb<LeaseCheckpointRequest>),
+    /// A change to users, roles or permissions (passwords already hashed by the proposer).
+    Auth(AuthCmd),
 }
 
 impl Op {
@@ -62,6 +65,7 @@ impl Op {
             Op::LeaseGrant(r) => r.0.encoded_len(),
             Op::LeaseRevoke(r) => r.0.encoded_len(),
             Op::LeaseCheckpoint(r) => r.0.encoded_len(),
+            Op::Auth(_) => 256,
         }
     }
 }
@@ -77,6 +81,9 @@ pub enum Refusal {
     /// A refusal of the lease table.
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// A refusal of the auth store.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// The outcome of applying one command, returned identically by every member.
@@ -115,6 +122,20 @@ pub enum Applied {
     },
     /// Checkpoints were recorded.
     Checkpointed,
+    /// An auth command applied.
+    AuthChanged {
+        /// The store's (key-value) revision, for the response header.
+        revision: i64,
+    },
+}
+
+/// The tables a command may change besides the key-value store.
+#[derive(Debug, Clone, Copy)]
+pub struct Tables<'a> {
+    /// The lease table.
+    pub leases: &'a Lessor,
+    /// The auth store.
+    pub auth: &'a AuthStore,
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -124,23 +145,24 @@ fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
-/// Applies one command through `w`, keeping the lease table `leases` in step. Only storage
-/// failures are errors; everything else is a value.
-pub fn apply_op(w: &mut Writer<'_>, leases: &Lessor, op: &Op) -> Result<Applied, StorageError> {
+/// Applies one command through `w`, keeping the lease table and the auth store in `tables` in
+/// step. Only storage failures are errors; everything else is a value.
+pub fn apply_op(w: &mut Writer<'_>, tables: Tables<'_>, op: &Op) -> Result<Applied, StorageError> {
     if let Op::Batch(ops) = op {
         return ops
             .iter()
-            .map(|op| apply_op(w, leases, op))
+            .map(|op| apply_op(w, tables, op))
             .collect::<Result<Vec<_>, _>>()
             .map(Applied::Batch);
     }
     let mark = w.change_count();
-    let out = apply_one(w, leases, op)?;
-    leases.track(w.changes_since(mark));
+    let out = apply_one(w, tables, op)?;
+    tables.leases.track(w.changes_since(mark));
     Ok(out)
 }
 
-fn apply_one(w: &mut Writer<'_>, leases: &Lessor, op: &Op) -> Result<Applied, StorageError> {
+fn apply_one(w: &mut Writer<'_>, tables: Tables<'_>, op: &Op) -> Result<Applied, StorageError> {
+    let leases = tables.leases;
     match op {
         Op::Put(req) => {
             let mut t = w.begin();
@@ -211,7 +233,13 @@ fn apply_one(w: &mut Writer<'_>, leases: &Lessor, op: &Op) -> Result<Applied, St
             }
             Ok(Applied::Checkpointed)
         }
-        Op::Batch(_) => apply_op(w, leases, op),
+        Op::Auth(cmd) => Ok(match tables.auth.apply(w.batch_mut(), cmd) {
+            Ok(()) => Applied::AuthChanged {
+                revision: w.begin().view(),
+            },
+            Err(e) => Applied::Failed(e.into()),
+        }),
+        Op::Batch(_) => apply_op(w, tables, op),
     }
 }
 
@@ -462,24 +490,32 @@ mod tests {
         _dir: tempfile::TempDir,
         mvcc: Arc<Mvcc>,
         leases: Lessor,
+        auth: AuthStore,
     }
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = Storage::open(dir.path()).expect("open");
         let mvcc = Mvcc::open(storage.clone()).expect("mvcc");
-        let leases = Lessor::open(storage, Arc::new(ManualClock::default())).expect("lessor");
+        let leases =
+            Lessor::open(storage.clone(), Arc::new(ManualClock::default())).expect("lessor");
+        let auth = AuthStore::open(storage).expect("auth");
         Fixture {
             _dir: dir,
             mvcc,
             leases,
+            auth,
         }
     }
 
     impl Fixture {
         fn apply(&self, op: Op) -> Applied {
             let mut w = self.mvcc.writer();
-            let got = apply_op(&mut w, &self.leases, &op).expect("apply");
+            let tables = Tables {
+                leases: &self.leases,
+                auth: &self.auth,
+            };
+            let got = apply_op(&mut w, tables, &op).expect("apply");
             w.commit().expect("commit");
             got
         }

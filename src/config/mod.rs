@@ -150,6 +150,9 @@ pub struct Config {
     /// How often the leader checkpoints remaining lease TTLs (a Go duration).
     #[serde(deserialize_with = "de::string")]
     pub experimental_lease_checkpoint_interval: String,
+    /// bcrypt cost of password hashes (4 to 31).
+    #[serde(deserialize_with = "de::u64")]
+    pub bcrypt_cost: u64,
     /// Accepted for etcd compatibility (needs checkpointing on): checkpoints are always persisted.
     #[serde(deserialize_with = "de::boolean")]
     pub experimental_enable_lease_checkpoint_persist: bool,
@@ -184,6 +187,7 @@ impl Default for Config {
             experimental_enable_lease_checkpoint: false,
             experimental_lease_checkpoint_interval: "5m".to_string(),
             experimental_enable_lease_checkpoint_persist: false,
+            bcrypt_cost: 10,
         }
     }
 }
@@ -264,6 +268,8 @@ pub struct Settings {
     pub watch_progress_notify_interval: Duration,
     /// How often the leader checkpoints remaining lease TTLs; `None` when it does not.
     pub lease_checkpoint_interval: Option<Duration>,
+    /// bcrypt cost of password hashes.
+    pub bcrypt_cost: u32,
 }
 
 impl Config {
@@ -421,6 +427,13 @@ impl Config {
                     "expected a positive duration such as 10m or 500ms",
                 )
             })?;
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err(invalid(
+                "bcrypt-cost",
+                &self.bcrypt_cost.to_string(),
+                "must be between 4 and 31",
+            ));
+        }
         if self.experimental_enable_lease_checkpoint_persist
             && !self.experimental_enable_lease_checkpoint
         {
@@ -473,6 +486,7 @@ impl Config {
             lease_checkpoint_interval: self
                 .experimental_enable_lease_checkpoint
                 .then_some(lease_checkpoint_interval),
+            bcrypt_cost: self.bcrypt_cost as u32,
         })
     }
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::apply::{restore_leases, Applied, Op};
+use crate::auth::AuthStore;
 use crate::config::{ClusterState, Settings};
 use crate::lease::{Lessor, SystemClock};
 use crate::mvcc::Mvcc;
@@ -75,6 +76,8 @@ pub struct Node {
     pub mvcc: Arc<Mvcc>,
     /// The lease table.
     pub leases: Arc<Lessor>,
+    /// The auth store.
+    pub auth: Arc<AuthStore>,
     /// The counter behind this member's lease IDs.
     lease_ids: std::sync::atomic::AtomicU64,
     /// The member's storage.
@@ -234,6 +237,7 @@ impl Node {
         let mvcc = Mvcc::open(storage.clone())?;
         let leases = Arc::new(Lessor::open(storage.clone(), Arc::new(SystemClock))?);
         restore_leases(&leases, &mvcc)?;
+        let auth = Arc::new(AuthStore::open(storage.clone())?);
         let raft_settings = RaftSettings {
             heartbeat: settings.heartbeat,
             election: settings.election,
@@ -250,6 +254,7 @@ impl Node {
             storage.clone(),
             mvcc.clone(),
             leases.clone(),
+            auth.clone(),
             &raft_settings,
         )
         .await?;
@@ -302,6 +307,7 @@ impl Node {
             raft,
             mvcc,
             leases,
+            auth,
             lease_ids: std::sync::atomic::AtomicU64::new(lease::lease_id_seed()),
             storage,
             identity,

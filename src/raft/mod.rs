@@ -35,6 +35,7 @@ pub use peer_server::PeerService;
 pub use state_machine::StateMachine;
 
 use crate::apply::{Applied, Op};
+use crate::auth::AuthStore;
 use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
 use crate::proto::oxcdpeerpb::peer_server::PeerServer;
@@ -267,6 +268,7 @@ impl RaftNode {
         storage: Storage,
         mvcc: Arc<Mvcc>,
         leases: Arc<Lessor>,
+        auth: Arc<AuthStore>,
         settings: &RaftSettings,
     ) -> Result<RaftNode, StartError> {
         let heartbeat = settings.heartbeat.as_millis().max(1) as u64;
@@ -291,7 +293,7 @@ impl RaftNode {
                 .map_err(|e| StartError::Config(e.to_string()))?,
         );
         let log = LogStore::new(storage.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
-        let sm = StateMachine::open(storage, mvcc, leases.clone())
+        let sm = StateMachine::open(storage, mvcc, leases.clone(), auth)
             .map_err(|e| StartError::Storage(e.to_string()))?;
         let peers = Peers::new(settings.max_message, settings.cluster_id);
         let network = PeerNetwork {
@@ -692,6 +694,7 @@ mod conformance {
     use std::sync::Arc;
 
     use super::{LogStore, StateMachine, TypeConfig};
+    use crate::auth::AuthStore;
     use crate::lease::{Lessor, SystemClock};
     use crate::mvcc::Mvcc;
     use crate::storage::Storage;
@@ -711,7 +714,8 @@ mod conformance {
             let mvcc = Mvcc::open(storage.clone()).map_err(err)?;
             let leases = Lessor::open(storage.clone(), Arc::new(SystemClock)).map_err(err)?;
             let log = LogStore::new(storage.clone()).map_err(err)?;
-            let sm = StateMachine::open(storage, mvcc, Arc::new(leases))?;
+            let auth = AuthStore::open(storage.clone()).map_err(err)?;
+            let sm = StateMachine::open(storage, mvcc, Arc::new(leases), Arc::new(auth))?;
             Ok((dir, log, sm))
         }
     }

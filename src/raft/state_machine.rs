@@ -21,7 +21,8 @@ use openraft::{
 use parking_lot::Mutex;
 
 use super::TypeConfig;
-use crate::apply::{apply_op, restore_leases, Applied};
+use crate::apply::{apply_op, restore_leases, Applied, Tables};
+use crate::auth::AuthStore;
 use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
 use crate::storage::{Batch, Cf, Storage};
@@ -60,6 +61,7 @@ pub struct StateMachine {
     storage: Storage,
     mvcc: Arc<Mvcc>,
     leases: Arc<Lessor>,
+    auth: Arc<AuthStore>,
     state: Arc<Mutex<State>>,
 }
 
@@ -88,11 +90,12 @@ fn read_applied(storage: &Storage) -> Result<(Option<LogId<u64>>, Membership), S
 }
 
 impl StateMachine {
-    /// Opens the state machine over the member's storage, store and lease table.
+    /// Opens the state machine over the member's storage, store, lease table and auth store.
     pub fn open(
         storage: Storage,
         mvcc: Arc<Mvcc>,
         leases: Arc<Lessor>,
+        auth: Arc<AuthStore>,
     ) -> Result<StateMachine, SErr> {
         let (applied, membership) = read_applied(&storage)?;
         let removed = read_removed(&storage)?;
@@ -100,6 +103,7 @@ impl StateMachine {
             storage,
             mvcc,
             leases,
+            auth,
             state: Arc::new(Mutex::new(State {
                 applied,
                 membership,
@@ -182,7 +186,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match e.payload {
                 EntryPayload::Blank => out.push(Applied::Nothing),
                 EntryPayload::Normal(op) => {
-                    out.push(apply_op(&mut w, &self.leases, &op).map_err(sm_write_err)?)
+                    let tables = Tables {
+                        leases: &self.leases,
+                        auth: &self.auth,
+                    };
+                    out.push(apply_op(&mut w, tables, &op).map_err(sm_write_err)?)
                 }
                 EntryPayload::Membership(m) => {
                     let stored = Membership::new(Some(e.log_id), m);
@@ -257,6 +265,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .replace(move || storage.write(b, true))
             .map_err(sm_write_err)?;
         restore_leases(&self.leases, &self.mvcc).map_err(sm_write_err)?;
+        self.auth.load().map_err(sm_write_err)?;
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             last_log_id = ?meta.last_log_id,

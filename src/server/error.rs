@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::apply::Refusal;
+use crate::auth::AuthError;
 use crate::lease::LeaseError;
 use crate::mvcc::{MvccError, ReadError};
 use crate::raft::{MembershipError, ProposeError};
@@ -90,6 +91,15 @@ pub enum EtcdError {
     /// MoveLeader to a bad target.
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    /// Authenticate while authentication is off.
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// A permission grant without a permission.
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    /// A refusal of the auth store (etcd's text after `etcdserver: `).
+    #[error("etcdserver: {0}")]
+    Auth(AuthError),
     /// A bad argument etcd reports with its own text.
     #[error("etcdserver: {0}")]
     InvalidArgument(String),
@@ -107,7 +117,8 @@ impl EtcdError {
             | InvalidSortOption | RequestTooLarge | KeyNotFound => Code::InvalidArgument,
             Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
-            LeaseExists => Code::FailedPrecondition,
+            LeaseExists | AuthNotEnabled => Code::FailedPrecondition,
+            PermissionNotGiven => Code::InvalidArgument,
             NoLeader | Stopped | Timeout => Code::Unavailable,
             NotLeader | PeerUrlExists | MemberIdExists | TooManyLearners | NotEnoughStarted
             | NotLearner | LearnerNotReady | LearnerNotSupported | BadLeaderTransferee => {
@@ -115,6 +126,12 @@ impl EtcdError {
             }
             MemberNotFound => Code::NotFound,
             InvalidArgument(_) => Code::InvalidArgument,
+            Auth(a) => match a {
+                AuthError::UserEmpty | AuthError::RoleEmpty | AuthError::InvalidAuthMgmt => {
+                    Code::InvalidArgument
+                }
+                _ => Code::FailedPrecondition,
+            },
             Internal(_) => Code::Internal,
         }
     }
@@ -145,11 +162,18 @@ impl From<LeaseError> for EtcdError {
     }
 }
 
+impl From<AuthError> for EtcdError {
+    fn from(e: AuthError) -> EtcdError {
+        EtcdError::Auth(e)
+    }
+}
+
 impl From<Refusal> for EtcdError {
     fn from(e: Refusal) -> EtcdError {
         match e {
             Refusal::Mvcc(m) => m.into(),
             Refusal::Lease(l) => l.into(),
+            Refusal::Auth(a) => a.into(),
         }
     }
 }

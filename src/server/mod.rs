@@ -4,6 +4,7 @@
 //! Invariant: handlers only validate, call [`crate::node::Node`] and map errors through
 //! [`error`]; they hold no state of their own.
 
+pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod guard;
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::node::Node;
+use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
@@ -73,6 +75,7 @@ pub async fn serve(
         .max_encoding_message_size(usize::MAX);
     let lease = LeaseServer::new(lease::LeaseService::new(node.clone()))
         .max_decoding_message_size(max_recv);
+    let auth = AuthServer::new(auth::AuthService::new(node.clone()));
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
     for l in listeners {
@@ -83,7 +86,8 @@ pub async fn serve(
             .add_service(cluster.clone())
             .add_service(maintenance.clone())
             .add_service(watch.clone())
-            .add_service(lease.clone());
+            .add_service(lease.clone())
+            .add_service(auth.clone());
         // Accepted sockets get TCP_NODELAY here: tonic applies its own setting only to
         // listeners it binds (without it, small responses wait ~40 ms behind Nagle's algorithm).
         let incoming = TcpIncoming::from(l).with_nodelay(Some(true));

@@ -1,0 +1,281 @@
+//! etcd's Auth service: users, roles and key-range permissions.
+//!
+//! Invariants:
+//! - Every change goes through the log; passwords are hashed here, on the proposing member, with
+//!   bcrypt at `--bcrypt-cost` (off the async runtime), and only the hash is proposed.
+//! - Reads (status, user/role get and list) are linearizable: they wait for the local store to
+//!   catch up with the leader, as etcd's (which go through raft) do.
+//! - Authentication cannot be enabled yet (enforcement and tokens are not built), so
+//!   `AuthEnable` answers `Unimplemented` and `Authenticate` answers etcd's
+//!   `authentication is not enabled`, which clients treat as "no token needed".
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::error::EtcdError;
+use super::guard;
+use crate::apply::{Applied, Op};
+use crate::auth::AuthCmd;
+use crate::node::Node;
+use crate::proto::etcdserverpb::auth_server::Auth;
+use crate::proto::etcdserverpb::*;
+
+/// The Auth service of one member.
+#[derive(Debug, Clone)]
+pub struct AuthService {
+    node: Arc<Node>,
+}
+
+impl AuthService {
+    /// An Auth service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        AuthService { node }
+    }
+
+    fn header(&self) -> Option<ResponseHeader> {
+        Some(self.node.header(self.node.mvcc.current_revision()))
+    }
+
+    /// Proposes `cmd`; the response header's revision.
+    async fn change(&self, cmd: AuthCmd) -> Result<Option<ResponseHeader>, EtcdError> {
+        match self.node.propose(Op::Auth(cmd)).await? {
+            Applied::AuthChanged { revision } => Ok(Some(self.node.header(revision))),
+            Applied::Failed(e) => Err(e.into()),
+            other => {
+                tracing::error!(?other, "unexpected result of an auth command");
+                Err(EtcdError::Internal(
+                    "unexpected result of an auth command".to_string(),
+                ))
+            }
+        }
+    }
+
+    /// A bcrypt hash of `password` at the configured cost.
+    async fn hash(&self, password: String) -> Result<String, EtcdError> {
+        let cost = self.node.settings.bcrypt_cost;
+        tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
+            .await
+            .map_err(|e| EtcdError::Internal(format!("password hashing stopped: {e}")))?
+            .map_err(|e| EtcdError::Internal(format!("password hashing failed: {e}")))
+    }
+
+    async fn read<T>(&self, req: &Request<T>) -> Result<(), EtcdError> {
+        guard::voter_rpc(&self.node, req)?;
+        self.node.linearizable_barrier().await?;
+        Ok(())
+    }
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn auth_enable(&self, request: Request<AuthEnableRequest>) -> R<AuthEnableResponse> {
+        guard::voter_rpc(&self.node, &request)?;
+        Err(Status::unimplemented(
+            "oxcd: enabling authentication is not implemented yet (users, roles and permissions can be managed, but nothing enforces them)",
+        ))
+    }
+
+    async fn auth_disable(&self, request: Request<AuthDisableRequest>) -> R<AuthDisableResponse> {
+        // Authentication can never be on yet, and disabling it when it is off is a no-op in etcd.
+        self.read(&request).await?;
+        Ok(Response::new(AuthDisableResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn auth_status(&self, request: Request<AuthStatusRequest>) -> R<AuthStatusResponse> {
+        self.read(&request).await?;
+        Ok(Response::new(AuthStatusResponse {
+            header: self.header(),
+            enabled: self.node.auth.enabled(),
+            auth_revision: self.node.auth.revision(),
+        }))
+    }
+
+    async fn authenticate(&self, request: Request<AuthenticateRequest>) -> R<AuthenticateResponse> {
+        guard::voter_rpc(&self.node, &request)?;
+        Err(EtcdError::AuthNotEnabled.into())
+    }
+
+    async fn user_add(&self, request: Request<AuthUserAddRequest>) -> R<AuthUserAddResponse> {
+        guard::voter_rpc(&self.node, &request)?;
+        let r = request.into_inner();
+        if r.name.is_empty() {
+            return Err(EtcdError::Auth(crate::auth::AuthError::UserEmpty).into());
+        }
+        let no_password = r.options.is_some_and(|o| o.no_password);
+        let hashed_password = if no_password {
+            String::new()
+        } else if !r.hashed_password.is_empty() {
+            r.hashed_password
+        } else {
+            self.hash(r.password).await?
+        };
+        let header = self
+            .change(AuthCmd::UserAdd {
+                name: r.name,
+                hashed_password,
+                no_password,
+            })
+            .await?;
+        Ok(Response::new(AuthUserAddResponse { header }))
+    }
+
+    async fn user_get(&self, request: Request<AuthUserGetRequest>) -> R<AuthUserGetResponse> {
+        self.read(&request).await?;
+        let user = self
+            .node
+            .auth
+            .user(&request.get_ref().name)
+            .map_err(EtcdError::from)?;
+        Ok(Response::new(AuthUserGetResponse {
+            header: self.header(),
+            roles: user.roles,
+        }))
+    }
+
+    async fn user_list(&self, request: Request<AuthUserListRequest>) -> R<AuthUserListResponse> {
+        self.read(&request).await?;
+        Ok(Response::new(AuthUserListResponse {
+            header: self.header(),
+            users: self.node.auth.user_names(),
+        }))
+    }
+
+    async fn user_delete(
+        &self,
+        request: Request<AuthUserDeleteRequest>,
+    ) -> R<AuthUserDeleteResponse> {
+        guard::voter_rpc(&self.node, &request)?;
+        let name = request.into_inner().name;
+        let header = self.change(AuthCmd::UserDelete { name }).await?;
+        Ok(Response::new(AuthUserDeleteResponse { header }))
+    }
+
+    async fn user_change_password(
+        &self,
+        request: Request<AuthUserChangePasswordRequest>,
+    ) -> R<AuthUserChangePasswordResponse> {
+        guard::voter_rpc(&self.node, &request)?;
+        let r = request.into_inner();
+        // Refuse an unknown user before spending a bcrypt hash on it.
+        self.node.auth.user(&r.name).map_err(EtcdError::from)?;
+        let hashed_password = if r.hashed_password.is_empty() {
+            self.hash(r.password).await?
+        } else {
+            r.hashed_password
+        };
+        let header = self
+            .change(AuthCmd::UserChangePassword {
+                name: r.name,
+                hashed_password,
+            })
+            .await?;
+        Ok(Response::new(AuthUserChangePasswordResponse { header }))
+    }
+
+    async fn user_grant_role(
+        &self,
+        request: Request<AuthUserGrantRoleRequest>,
+    ) -> R<AuthUserGrantRoleResponse> {
+        guard::voter_rpc(&self.node, &request)?;
+        let r = request.into_inner();
+        let header = self
+            .change(AuthCmd::UserGrantRole {
+                user: r.user,
+                role: r.role,
+            })
+            .await?;
+        Ok(Response::new(AuthUserGrantRoleResponse { header }))
+    }
+
+    async fn user_revoke_role(
+        &self,
+        request: Request<AuthUserRevokeRoleRequest>,
+    ) -> R<AuthUserRevokeRoleResponse> {
+        guard::voter_rpc(&self.node, &request)?;
+        let r = request.into_inner();
+        let header = self
+            .change(AuthCmd::UserRevokeRole {
+                name: r.name,
+                role: r.role,
+            })
+            .await?;
+        Ok(Response::new(AuthUserRevokeRoleResponse { header }))
+    }
+
+    async fn role_add(&self, request: Request<AuthRoleAddRequest>) -> R<AuthRoleAddResponse> {
+        guard::voter_rpc(&self.node, &request)?;
+        let name = request.into_inner().name;
+        let header = self.change(AuthCmd::RoleAdd { name }).await?;
+        Ok(Response::new(AuthRoleAddResponse { header }))
+    }
+
+    async fn role_get(&self, request: Request<AuthRoleGetRequest>) -> R<AuthRoleGetResponse> {
+        self.read(&request).await?;
+        let role = self
+            .node
+            .auth
+            .role(&request.get_ref().role)
+            .map_err(EtcdError::from)?;
+        Ok(Response::new(AuthRoleGetResponse {
+            header: self.header(),
+            perm: role.key_permission,
+        }))
+    }
+
+    async fn role_list(&self, request: Request<AuthRoleListRequest>) -> R<AuthRoleListResponse> {
+        self.read(&request).await?;
+        Ok(Response::new(AuthRoleListResponse {
+            header: self.header(),
+            roles: self.node.auth.role_names(),
+        }))
+    }
+
+    async fn role_delete(
+        &self,
+        request: Request<AuthRoleDeleteRequest>,
+    ) -> R<AuthRoleDeleteResponse> {
+        guard::voter_rpc(&self.node, &request)?;
+        let role = request.into_inner().role;
+        let header = self.change(AuthCmd::RoleDelete { role }).await?;
+        Ok(Response::new(AuthRoleDeleteResponse { header }))
+    }
+
+    async fn role_grant_permission(
+        &self,
+        request: Request<AuthRoleGrantPermissionRequest>,
+    ) -> R<AuthRoleGrantPermissionResponse> {
+        guard::voter_rpc(&self.node, &request)?;
+        let r = request.into_inner();
+        let perm = r.perm.ok_or(EtcdError::PermissionNotGiven)?;
+        let header = self
+            .change(AuthCmd::RoleGrantPermission {
+                name: r.name,
+                perm_type: perm.perm_type,
+                key: perm.key,
+                range_end: perm.range_end,
+            })
+            .await?;
+        Ok(Response::new(AuthRoleGrantPermissionResponse { header }))
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        request: Request<AuthRoleRevokePermissionRequest>,
+    ) -> R<AuthRoleRevokePermissionResponse> {
+        guard::voter_rpc(&self.node, &request)?;
+        let r = request.into_inner();
+        let header = self
+            .change(AuthCmd::RoleRevokePermission {
+                role: r.role,
+                key: r.key,
+                range_end: r.range_end,
+            })
+            .await?;
+        Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
+    }
+}
