@@ -50,6 +50,15 @@ pub enum Op {
     LeaseCheckpoint(Pb<LeaseCheckpointRequest>),
     /// A change to users, roles or permissions (passwords already hashed by the proposer).
     Auth(AuthCmd),
+    /// A command whose caller's permissions were checked at auth revision `auth_revision`: it
+    /// applies only if authentication is off or the auth store is still at that revision
+    /// (otherwise it fails with `revision of auth store is old` and the client retries).
+    Guarded {
+        /// The auth revision the permissions were checked at.
+        auth_revision: u64,
+        /// The command.
+        op: Box<Op>,
+    },
 }
 
 impl Op {
@@ -66,6 +75,7 @@ impl Op {
             Op::LeaseRevoke(r) => r.0.encoded_len(),
             Op::LeaseCheckpoint(r) => r.0.encoded_len(),
             Op::Auth(_) => 256,
+            Op::Guarded { op, .. } => op.size_hint() + 8,
         }
     }
 }
@@ -239,6 +249,12 @@ fn apply_one(w: &mut Writer<'_>, tables: Tables<'_>, op: &Op) -> Result<Applied,
             },
             Err(e) => Applied::Failed(e.into()),
         }),
+        Op::Guarded { auth_revision, op } => {
+            if tables.auth.enabled() && tables.auth.revision() != *auth_revision {
+                return Ok(Applied::Failed(AuthError::OldRevision.into()));
+            }
+            apply_one(w, tables, op)
+        }
         Op::Batch(_) => apply_op(w, tables, op),
     }
 }
@@ -499,7 +515,7 @@ mod tests {
         let mvcc = Mvcc::open(storage.clone()).expect("mvcc");
         let leases =
             Lessor::open(storage.clone(), Arc::new(ManualClock::default())).expect("lessor");
-        let auth = AuthStore::open(storage).expect("auth");
+        let auth = AuthStore::open(storage, std::time::Duration::from_secs(300)).expect("auth");
         Fixture {
             _dir: dir,
             mvcc,

@@ -12,10 +12,15 @@
 //! - A role's permissions are kept sorted by key and range end; a grant over the same key and
 //!   range end replaces the earlier permission's type.
 
-use std::collections::BTreeMap;
+pub mod perm;
 
-use parking_lot::RwLock;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
 use prost::Message;
+
+pub use perm::Access;
 
 use crate::proto::authpb::{Permission, Role, User, UserAddOptions};
 use crate::storage::{Batch, Cf, Storage, StorageError};
@@ -61,6 +66,37 @@ pub enum AuthError {
     /// A change that would lock root out while authentication is on.
     #[error("invalid auth management")]
     InvalidAuthMgmt,
+    /// Enabling authentication without a `root` user.
+    #[error("root user does not exist")]
+    RootUserNotExist,
+    /// Enabling authentication while `root` lacks the `root` role.
+    #[error("root user does not have root role")]
+    RootRoleNotExist,
+    /// Authenticate while authentication is off.
+    #[error("authentication is not enabled")]
+    AuthNotEnabled,
+    /// A wrong user name or password.
+    #[error("authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// A token this member does not know (expired, or never issued).
+    #[error("invalid auth token")]
+    InvalidToken,
+    /// A token minted before the last change to users, roles or permissions.
+    #[error("revision of auth store is old")]
+    OldRevision,
+    /// The caller may not do this.
+    #[error("permission denied")]
+    PermissionDenied,
+}
+
+/// Who is calling: the user a token names and the auth revision the token was minted at.
+/// An empty user means the request carried no token.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Caller {
+    /// The user name.
+    pub user: String,
+    /// The auth revision the token was minted at.
+    pub revision: u64,
 }
 
 /// A snapshot of the whole store, for reads.
@@ -77,6 +113,10 @@ struct State {
 pub struct AuthStore {
     storage: Storage,
     state: RwLock<State>,
+    /// Simple tokens this member knows: token -> (user, auth revision, expiry). Volatile, as
+    /// etcd's: a restart forgets them and clients authenticate again.
+    tokens: Mutex<HashMap<String, (String, u64, Instant)>>,
+    token_ttl: Duration,
 }
 
 fn corrupt(detail: String) -> StorageError {
@@ -96,11 +136,13 @@ fn perm_order(p: &Permission) -> (&[u8], &[u8]) {
 }
 
 impl AuthStore {
-    /// Opens the store kept in `storage`.
-    pub fn open(storage: Storage) -> Result<AuthStore, StorageError> {
+    /// Opens the store kept in `storage`; simple tokens live `token_ttl` after their last use.
+    pub fn open(storage: Storage, token_ttl: Duration) -> Result<AuthStore, StorageError> {
         let store = AuthStore {
             storage,
             state: RwLock::new(State::default()),
+            tokens: Mutex::new(HashMap::new()),
+            token_ttl,
         };
         store.load()?;
         Ok(store)
@@ -176,10 +218,155 @@ impl AuthStore {
         self.state.read().roles.keys().cloned().collect()
     }
 
+    /// Records simple token `token` for `name` at the current auth revision (apply only: every
+    /// member learns it). Expired tokens are dropped on the way.
+    fn assign_token(&self, st: &State, name: &str, token: &str) -> Result<(), AuthError> {
+        if !st.enabled {
+            return Err(AuthError::AuthNotEnabled);
+        }
+        if !st.users.contains_key(name) {
+            return Err(AuthError::AuthFailed);
+        }
+        let now = Instant::now();
+        let mut tokens = self.tokens.lock();
+        tokens.retain(|_, (_, _, expiry)| *expiry > now);
+        tokens.insert(
+            token.to_string(),
+            (name.to_string(), st.revision, now + self.token_ttl),
+        );
+        Ok(())
+    }
+
+    /// The caller a simple token names, refreshing its expiry.
+    pub fn resolve(&self, token: &str) -> Result<Caller, AuthError> {
+        let now = Instant::now();
+        let mut tokens = self.tokens.lock();
+        match tokens.get_mut(token) {
+            Some((user, revision, expiry)) if *expiry > now => {
+                *expiry = now + self.token_ttl;
+                Ok(Caller {
+                    user: user.clone(),
+                    revision: *revision,
+                })
+            }
+            Some(_) => {
+                tokens.remove(token);
+                Err(AuthError::InvalidToken)
+            }
+            None => Err(AuthError::InvalidToken),
+        }
+    }
+
+    /// The stored password hash of `name`, if the user exists and has a password.
+    pub fn password_hash(&self, name: &str) -> Option<String> {
+        let st = self.state.read();
+        let u = st.users.get(name)?;
+        if u.options.as_ref().is_some_and(|o| o.no_password) || u.password.is_empty() {
+            return None;
+        }
+        String::from_utf8(u.password.clone()).ok()
+    }
+
+    fn checked_user<'s>(&self, st: &'s State, caller: &Caller) -> Result<&'s User, AuthError> {
+        if caller.user.is_empty() {
+            return Err(AuthError::UserEmpty);
+        }
+        if caller.revision < st.revision {
+            return Err(AuthError::OldRevision);
+        }
+        st.users
+            .get(&caller.user)
+            .ok_or(AuthError::PermissionDenied)
+    }
+
+    /// Whether `caller` may `access` every key of `[key, range_end)`. Always allowed while
+    /// authentication is off; the `root` role may do anything.
+    pub fn check(
+        &self,
+        caller: &Caller,
+        access: Access,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(), AuthError> {
+        let st = self.state.read();
+        if !st.enabled {
+            return Ok(());
+        }
+        let user = self.checked_user(&st, caller)?;
+        if user.roles.iter().any(|r| r == ROOT) {
+            return Ok(());
+        }
+        let perms = user
+            .roles
+            .iter()
+            .filter_map(|r| st.roles.get(r))
+            .flat_map(|r| r.key_permission.iter());
+        if perm::covers(perms, access, key, range_end) {
+            Ok(())
+        } else {
+            Err(AuthError::PermissionDenied)
+        }
+    }
+
+    /// Whether `caller` may administer (has the `root` role). Always allowed while
+    /// authentication is off.
+    pub fn check_admin(&self, caller: &Caller) -> Result<(), AuthError> {
+        let st = self.state.read();
+        if !st.enabled {
+            return Ok(());
+        }
+        let user = self.checked_user(&st, caller)?;
+        if user.roles.iter().any(|r| r == ROOT) {
+            Ok(())
+        } else {
+            Err(AuthError::PermissionDenied)
+        }
+    }
+
+    /// Whether `caller`'s token is valid for the store as it is now (any user).
+    pub fn check_caller(&self, caller: &Caller) -> Result<(), AuthError> {
+        let st = self.state.read();
+        if !st.enabled {
+            return Ok(());
+        }
+        self.checked_user(&st, caller).map(|_| ())
+    }
+
     /// Applies one command to `batch` (apply only). Every check runs before the first change.
     pub fn apply(&self, batch: &mut Batch, cmd: &AuthCmd) -> Result<(), AuthError> {
+        if let AuthCmd::Authenticate { name, token } = cmd {
+            let st = self.state.read();
+            return self.assign_token(&st, name, token);
+        }
         let mut st = self.state.write();
         let changed = match cmd {
+            AuthCmd::Authenticate { .. } => false,
+            AuthCmd::Enable => {
+                let root = st.users.get(ROOT).ok_or(AuthError::RootUserNotExist)?;
+                if root
+                    .roles
+                    .binary_search_by(|r| r.as_str().cmp(ROOT))
+                    .is_err()
+                {
+                    return Err(AuthError::RootRoleNotExist);
+                }
+                if st.enabled {
+                    false
+                } else {
+                    st.enabled = true;
+                    batch.put(Cf::Auth, KEY_ENABLED.to_vec(), vec![1]);
+                    true
+                }
+            }
+            AuthCmd::Disable => {
+                if st.enabled {
+                    st.enabled = false;
+                    batch.put(Cf::Auth, KEY_ENABLED.to_vec(), vec![0]);
+                    true
+                } else {
+                    false
+                }
+            }
             AuthCmd::UserAdd {
                 name,
                 hashed_password,
@@ -339,6 +526,18 @@ impl AuthStore {
 /// A replicated auth command, as the proposer prepared it (passwords already hashed).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AuthCmd {
+    /// A user authenticated (its password was checked by the proposer): every member learns the
+    /// simple token.
+    Authenticate {
+        /// The user.
+        name: String,
+        /// The token.
+        token: String,
+    },
+    /// Turn authentication on (needs user `root` with role `root`).
+    Enable,
+    /// Turn authentication off.
+    Disable,
     /// Add a user.
     UserAdd {
         /// The name.

@@ -11,7 +11,8 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = Storage::open(dir.path()).expect("open");
-    let store = AuthStore::open(storage.clone()).expect("auth store");
+    let store =
+        AuthStore::open(storage.clone(), std::time::Duration::from_secs(300)).expect("auth store");
     Fixture {
         _dir: dir,
         storage,
@@ -163,7 +164,8 @@ fn deleting_a_role_takes_it_from_users_and_the_store_survives_reload() {
         hashed_password: "$2b$10$other".to_string(),
     })
     .expect("passwd");
-    let again = AuthStore::open(f.storage.clone()).expect("reopen");
+    let again =
+        AuthStore::open(f.storage.clone(), std::time::Duration::from_secs(300)).expect("reopen");
     assert_eq!(again.user_names(), ["u"]);
     assert_eq!(again.role_names(), ["b"]);
     assert_eq!(again.user("u").expect("user").password, b"$2b$10$other");

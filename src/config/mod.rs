@@ -150,6 +150,12 @@ pub struct Config {
     /// How often the leader checkpoints remaining lease TTLs (a Go duration).
     #[serde(deserialize_with = "de::string")]
     pub experimental_lease_checkpoint_interval: String,
+    /// Token type: `simple` (JWT is not built yet).
+    #[serde(deserialize_with = "de::string")]
+    pub auth_token: String,
+    /// Seconds a simple token lives after its last use.
+    #[serde(deserialize_with = "de::u64")]
+    pub auth_token_ttl: u64,
     /// bcrypt cost of password hashes (4 to 31).
     #[serde(deserialize_with = "de::u64")]
     pub bcrypt_cost: u64,
@@ -188,6 +194,8 @@ impl Default for Config {
             experimental_lease_checkpoint_interval: "5m".to_string(),
             experimental_enable_lease_checkpoint_persist: false,
             bcrypt_cost: 10,
+            auth_token: "simple".to_string(),
+            auth_token_ttl: 300,
         }
     }
 }
@@ -270,6 +278,8 @@ pub struct Settings {
     pub lease_checkpoint_interval: Option<Duration>,
     /// bcrypt cost of password hashes.
     pub bcrypt_cost: u32,
+    /// How long a simple token lives after its last use.
+    pub auth_token_ttl: Duration,
 }
 
 impl Config {
@@ -427,6 +437,17 @@ impl Config {
                     "expected a positive duration such as 10m or 500ms",
                 )
             })?;
+        let token_kind = self.auth_token.split(',').next().unwrap_or("").trim();
+        if token_kind != "simple" {
+            return Err(invalid(
+                "auth-token",
+                &self.auth_token,
+                "only simple tokens are supported yet (jwt is not built)",
+            ));
+        }
+        if self.auth_token_ttl == 0 {
+            return Err(invalid("auth-token-ttl", "0", "must be greater than 0"));
+        }
         if !(4..=31).contains(&self.bcrypt_cost) {
             return Err(invalid(
                 "bcrypt-cost",
@@ -487,6 +508,7 @@ impl Config {
                 .experimental_enable_lease_checkpoint
                 .then_some(lease_checkpoint_interval),
             bcrypt_cost: self.bcrypt_cost as u32,
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
         })
     }
 }

@@ -237,7 +237,7 @@ impl Node {
         let mvcc = Mvcc::open(storage.clone())?;
         let leases = Arc::new(Lessor::open(storage.clone(), Arc::new(SystemClock))?);
         restore_leases(&leases, &mvcc)?;
-        let auth = Arc::new(AuthStore::open(storage.clone())?);
+        let auth = Arc::new(AuthStore::open(storage.clone(), settings.auth_token_ttl)?);
         let raft_settings = RaftSettings {
             heartbeat: settings.heartbeat,
             election: settings.election,

@@ -714,7 +714,8 @@ mod conformance {
             let mvcc = Mvcc::open(storage.clone()).map_err(err)?;
             let leases = Lessor::open(storage.clone(), Arc::new(SystemClock)).map_err(err)?;
             let log = LogStore::new(storage.clone()).map_err(err)?;
-            let auth = AuthStore::open(storage.clone()).map_err(err)?;
+            let auth = AuthStore::open(storage.clone(), std::time::Duration::from_secs(300))
+                .map_err(err)?;
             let sm = StateMachine::open(storage, mvcc, Arc::new(leases), Arc::new(auth))?;
             Ok((dir, log, sm))
         }

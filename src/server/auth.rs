@@ -5,18 +5,22 @@
 //!   bcrypt at `--bcrypt-cost` (off the async runtime), and only the hash is proposed.
 //! - Reads (status, user/role get and list) are linearizable: they wait for the local store to
 //!   catch up with the leader, as etcd's (which go through raft) do.
-//! - Authentication cannot be enabled yet (enforcement and tokens are not built), so
-//!   `AuthEnable` answers `Unimplemented` and `Authenticate` answers etcd's
-//!   `authentication is not enabled`, which clients treat as "no token needed".
+//! - While authentication is on, every RPC here but UserGet (of oneself) and RoleGet (of one's
+//!   own role) needs the `root` role, as etcd's.
+//! - Authenticate checks the password on the member that serves it (bcrypt, off the runtime; an
+//!   unknown user costs the same as a wrong password), then proposes the new simple token so
+//!   every member knows it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use rand::Rng;
 use tonic::{Request, Response, Status};
 
 use super::error::EtcdError;
-use super::guard;
+use super::{access, guard};
 use crate::apply::{Applied, Op};
-use crate::auth::AuthCmd;
+use crate::auth::{AuthCmd, AuthError};
 use crate::node::Node;
 use crate::proto::etcdserverpb::auth_server::Auth;
 use crate::proto::etcdserverpb::*;
@@ -25,12 +29,28 @@ use crate::proto::etcdserverpb::*;
 #[derive(Debug, Clone)]
 pub struct AuthService {
     node: Arc<Node>,
+    tokens_issued: Arc<AtomicU64>,
+    /// A bcrypt hash at the configured cost, checked against when the user does not exist.
+    dummy_hash: Arc<String>,
 }
 
 impl AuthService {
     /// An Auth service over `node`.
     pub fn new(node: Arc<Node>) -> Self {
-        AuthService { node }
+        let dummy_hash =
+            bcrypt::hash("oxcd: no such user", node.settings.bcrypt_cost).unwrap_or_default();
+        AuthService {
+            node,
+            tokens_issued: Arc::new(AtomicU64::new(0)),
+            dummy_hash: Arc::new(dummy_hash),
+        }
+    }
+
+    /// Checks that the caller of `req` may administer (always true while auth is off).
+    fn admin<T>(&self, req: &Request<T>) -> Result<(), EtcdError> {
+        guard::voter_rpc(&self.node, req)?;
+        let c = access::caller(&self.node, req)?;
+        access::admin(&self.node, c.as_ref())
     }
 
     fn header(&self) -> Option<ResponseHeader> {
@@ -61,7 +81,7 @@ impl AuthService {
     }
 
     async fn read<T>(&self, req: &Request<T>) -> Result<(), EtcdError> {
-        guard::voter_rpc(&self.node, req)?;
+        self.admin(req)?;
         self.node.linearizable_barrier().await?;
         Ok(())
     }
@@ -72,18 +92,15 @@ type R<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl Auth for AuthService {
     async fn auth_enable(&self, request: Request<AuthEnableRequest>) -> R<AuthEnableResponse> {
-        guard::voter_rpc(&self.node, &request)?;
-        Err(Status::unimplemented(
-            "oxcd: enabling authentication is not implemented yet (users, roles and permissions can be managed, but nothing enforces them)",
-        ))
+        self.admin(&request)?;
+        let header = self.change(AuthCmd::Enable).await?;
+        Ok(Response::new(AuthEnableResponse { header }))
     }
 
     async fn auth_disable(&self, request: Request<AuthDisableRequest>) -> R<AuthDisableResponse> {
-        // Authentication can never be on yet, and disabling it when it is off is a no-op in etcd.
-        self.read(&request).await?;
-        Ok(Response::new(AuthDisableResponse {
-            header: self.header(),
-        }))
+        self.admin(&request)?;
+        let header = self.change(AuthCmd::Disable).await?;
+        Ok(Response::new(AuthDisableResponse { header }))
     }
 
     async fn auth_status(&self, request: Request<AuthStatusRequest>) -> R<AuthStatusResponse> {
@@ -97,11 +114,41 @@ impl Auth for AuthService {
 
     async fn authenticate(&self, request: Request<AuthenticateRequest>) -> R<AuthenticateResponse> {
         guard::voter_rpc(&self.node, &request)?;
-        Err(EtcdError::AuthNotEnabled.into())
+        if !self.node.auth.enabled() {
+            return Err(EtcdError::from(AuthError::AuthNotEnabled).into());
+        }
+        let r = request.into_inner();
+        let (hash, known) = match self.node.auth.password_hash(&r.name) {
+            Some(h) => (h, true),
+            None => (self.dummy_hash.to_string(), false),
+        };
+        let password = r.password;
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+            .await
+            .map_err(|e| EtcdError::Internal(format!("password check stopped: {e}")))?
+            .unwrap_or(false);
+        if !(ok && known) {
+            return Err(EtcdError::from(AuthError::AuthFailed).into());
+        }
+        let letters: String = rand::thread_rng()
+            .sample_iter(rand::distributions::Alphanumeric)
+            .filter(|c| c.is_ascii_alphabetic())
+            .take(16)
+            .map(char::from)
+            .collect();
+        let n = self.tokens_issued.fetch_add(1, Ordering::Relaxed) + 1;
+        let token = format!("{letters}.{n}");
+        let header = self
+            .change(AuthCmd::Authenticate {
+                name: r.name,
+                token: token.clone(),
+            })
+            .await?;
+        Ok(Response::new(AuthenticateResponse { header, token }))
     }
 
     async fn user_add(&self, request: Request<AuthUserAddRequest>) -> R<AuthUserAddResponse> {
-        guard::voter_rpc(&self.node, &request)?;
+        self.admin(&request)?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(EtcdError::Auth(crate::auth::AuthError::UserEmpty).into());
@@ -125,7 +172,17 @@ impl Auth for AuthService {
     }
 
     async fn user_get(&self, request: Request<AuthUserGetRequest>) -> R<AuthUserGetResponse> {
-        self.read(&request).await?;
+        guard::voter_rpc(&self.node, &request)?;
+        if let Some(c) = access::caller(&self.node, &request)? {
+            // Anyone may read their own user; other users need root.
+            if c.user != request.get_ref().name || self.node.auth.check_caller(&c).is_err() {
+                access::admin(&self.node, Some(&c))?;
+            }
+        }
+        self.node
+            .linearizable_barrier()
+            .await
+            .map_err(EtcdError::from)?;
         let user = self
             .node
             .auth
@@ -149,7 +206,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserDeleteRequest>,
     ) -> R<AuthUserDeleteResponse> {
-        guard::voter_rpc(&self.node, &request)?;
+        self.admin(&request)?;
         let name = request.into_inner().name;
         let header = self.change(AuthCmd::UserDelete { name }).await?;
         Ok(Response::new(AuthUserDeleteResponse { header }))
@@ -159,7 +216,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserChangePasswordRequest>,
     ) -> R<AuthUserChangePasswordResponse> {
-        guard::voter_rpc(&self.node, &request)?;
+        self.admin(&request)?;
         let r = request.into_inner();
         // Refuse an unknown user before spending a bcrypt hash on it.
         self.node.auth.user(&r.name).map_err(EtcdError::from)?;
@@ -181,7 +238,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserGrantRoleRequest>,
     ) -> R<AuthUserGrantRoleResponse> {
-        guard::voter_rpc(&self.node, &request)?;
+        self.admin(&request)?;
         let r = request.into_inner();
         let header = self
             .change(AuthCmd::UserGrantRole {
@@ -196,7 +253,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserRevokeRoleRequest>,
     ) -> R<AuthUserRevokeRoleResponse> {
-        guard::voter_rpc(&self.node, &request)?;
+        self.admin(&request)?;
         let r = request.into_inner();
         let header = self
             .change(AuthCmd::UserRevokeRole {
@@ -208,14 +265,30 @@ impl Auth for AuthService {
     }
 
     async fn role_add(&self, request: Request<AuthRoleAddRequest>) -> R<AuthRoleAddResponse> {
-        guard::voter_rpc(&self.node, &request)?;
+        self.admin(&request)?;
         let name = request.into_inner().name;
         let header = self.change(AuthCmd::RoleAdd { name }).await?;
         Ok(Response::new(AuthRoleAddResponse { header }))
     }
 
     async fn role_get(&self, request: Request<AuthRoleGetRequest>) -> R<AuthRoleGetResponse> {
-        self.read(&request).await?;
+        guard::voter_rpc(&self.node, &request)?;
+        if let Some(c) = access::caller(&self.node, &request)? {
+            // Anyone may read a role they have; other roles need root.
+            let own = self.node.auth.check_caller(&c).is_ok()
+                && self
+                    .node
+                    .auth
+                    .user(&c.user)
+                    .is_ok_and(|u| u.roles.iter().any(|r| r == &request.get_ref().role));
+            if !own {
+                access::admin(&self.node, Some(&c))?;
+            }
+        }
+        self.node
+            .linearizable_barrier()
+            .await
+            .map_err(EtcdError::from)?;
         let role = self
             .node
             .auth
@@ -239,7 +312,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleDeleteRequest>,
     ) -> R<AuthRoleDeleteResponse> {
-        guard::voter_rpc(&self.node, &request)?;
+        self.admin(&request)?;
         let role = request.into_inner().role;
         let header = self.change(AuthCmd::RoleDelete { role }).await?;
         Ok(Response::new(AuthRoleDeleteResponse { header }))
@@ -249,7 +322,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleGrantPermissionRequest>,
     ) -> R<AuthRoleGrantPermissionResponse> {
-        guard::voter_rpc(&self.node, &request)?;
+        self.admin(&request)?;
         let r = request.into_inner();
         let perm = r.perm.ok_or(EtcdError::PermissionNotGiven)?;
         let header = self
@@ -267,7 +340,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleRevokePermissionRequest>,
     ) -> R<AuthRoleRevokePermissionResponse> {
-        guard::voter_rpc(&self.node, &request)?;
+        self.admin(&request)?;
         let r = request.into_inner();
         let header = self
             .change(AuthCmd::RoleRevokePermission {

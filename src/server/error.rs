@@ -91,9 +91,6 @@ pub enum EtcdError {
     /// MoveLeader to a bad target.
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
-    /// Authenticate while authentication is off.
-    #[error("etcdserver: authentication is not enabled")]
-    AuthNotEnabled,
     /// A permission grant without a permission.
     #[error("etcdserver: permission not given")]
     PermissionNotGiven,
@@ -117,7 +114,7 @@ impl EtcdError {
             | InvalidSortOption | RequestTooLarge | KeyNotFound => Code::InvalidArgument,
             Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
-            LeaseExists | AuthNotEnabled => Code::FailedPrecondition,
+            LeaseExists => Code::FailedPrecondition,
             PermissionNotGiven => Code::InvalidArgument,
             NoLeader | Stopped | Timeout => Code::Unavailable,
             NotLeader | PeerUrlExists | MemberIdExists | TooManyLearners | NotEnoughStarted
@@ -127,9 +124,13 @@ impl EtcdError {
             MemberNotFound => Code::NotFound,
             InvalidArgument(_) => Code::InvalidArgument,
             Auth(a) => match a {
-                AuthError::UserEmpty | AuthError::RoleEmpty | AuthError::InvalidAuthMgmt => {
-                    Code::InvalidArgument
-                }
+                AuthError::UserEmpty
+                | AuthError::RoleEmpty
+                | AuthError::InvalidAuthMgmt
+                | AuthError::AuthFailed
+                | AuthError::OldRevision => Code::InvalidArgument,
+                AuthError::InvalidToken => Code::Unauthenticated,
+                AuthError::PermissionDenied => Code::PermissionDenied,
                 _ => Code::FailedPrecondition,
             },
             Internal(_) => Code::Internal,

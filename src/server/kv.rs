@@ -5,8 +5,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::error::EtcdError;
-use super::{guard, validate};
+use super::{access, guard, validate};
 use crate::apply::{Applied, Op, Pb};
+use crate::auth::Caller;
 use crate::node::Node;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
@@ -31,16 +32,23 @@ impl KvService {
         Some(self.node.header(rev))
     }
 
-    async fn propose(&self, op: Op) -> Result<Applied, EtcdError> {
-        match self.node.propose(op).await? {
+    async fn propose(&self, op: Op, c: Option<&Caller>) -> Result<Applied, EtcdError> {
+        match self.node.propose(access::guarded(op, c)).await? {
             Applied::Failed(e) => Err(e.into()),
             other => Ok(other),
         }
     }
 
     /// Serves a Range (shared with the gateway later).
-    pub async fn do_range(&self, r: RangeRequest) -> Result<RangeResponse, EtcdError> {
+    pub async fn do_range(
+        &self,
+        r: RangeRequest,
+        c: Option<&Caller>,
+    ) -> Result<RangeResponse, EtcdError> {
         validate::range(&r)?;
+        if let Some(c) = c {
+            access::range(&self.node, c, &r)?;
+        }
         if !r.serializable {
             self.node.linearizable_barrier().await?;
         }
@@ -54,10 +62,17 @@ impl KvService {
     }
 
     /// Serves a Put.
-    pub async fn do_put(&self, r: PutRequest) -> Result<PutResponse, EtcdError> {
+    pub async fn do_put(
+        &self,
+        r: PutRequest,
+        c: Option<&Caller>,
+    ) -> Result<PutResponse, EtcdError> {
         validate::put(&r)?;
         validate::size(&r, self.node.settings.max_request_bytes)?;
-        match self.propose(Op::Put(Pb(r))).await? {
+        if let Some(c) = c {
+            access::put(&self.node, c, &r)?;
+        }
+        match self.propose(Op::Put(Pb(r)), c).await? {
             Applied::Put(Pb(mut resp)) => {
                 resp.header = self.header(resp.header);
                 Ok(resp)
@@ -67,10 +82,17 @@ impl KvService {
     }
 
     /// Serves a DeleteRange.
-    pub async fn do_delete(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse, EtcdError> {
+    pub async fn do_delete(
+        &self,
+        r: DeleteRangeRequest,
+        c: Option<&Caller>,
+    ) -> Result<DeleteRangeResponse, EtcdError> {
         validate::delete(&r)?;
         validate::size(&r, self.node.settings.max_request_bytes)?;
-        match self.propose(Op::DeleteRange(Pb(r))).await? {
+        if let Some(c) = c {
+            access::delete(&self.node, c, &r)?;
+        }
+        match self.propose(Op::DeleteRange(Pb(r)), c).await? {
             Applied::DeleteRange(Pb(mut resp)) => {
                 resp.header = self.header(resp.header);
                 Ok(resp)
@@ -80,10 +102,17 @@ impl KvService {
     }
 
     /// Serves a Txn.
-    pub async fn do_txn(&self, r: TxnRequest) -> Result<TxnResponse, EtcdError> {
+    pub async fn do_txn(
+        &self,
+        r: TxnRequest,
+        c: Option<&Caller>,
+    ) -> Result<TxnResponse, EtcdError> {
         validate::txn(&r, self.node.settings.max_txn_ops)?;
         validate::size(&r, self.node.settings.max_request_bytes)?;
-        match self.propose(Op::Txn(Pb(r))).await? {
+        if let Some(c) = c {
+            access::txn(&self.node, c, &r)?;
+        }
+        match self.propose(Op::Txn(Pb(r)), c).await? {
             Applied::Txn(Pb(mut resp)) => {
                 resp.header = self.header(resp.header);
                 Ok(resp)
@@ -93,8 +122,13 @@ impl KvService {
     }
 
     /// Serves a Compact.
-    pub async fn do_compact(&self, r: CompactionRequest) -> Result<CompactionResponse, EtcdError> {
-        match self.propose(Op::Compact(Pb(r))).await? {
+    pub async fn do_compact(
+        &self,
+        r: CompactionRequest,
+        c: Option<&Caller>,
+    ) -> Result<CompactionResponse, EtcdError> {
+        access::admin(&self.node, c)?;
+        match self.propose(Op::Compact(Pb(r)), c).await? {
             Applied::Compacted { revision } => Ok(CompactionResponse {
                 header: Some(self.node.header(revision)),
             }),
@@ -118,12 +152,18 @@ impl Kv for KvService {
         if !request.get_ref().serializable {
             guard::not_learner(&self.node)?;
         }
-        Ok(Response::new(self.do_range(request.into_inner()).await?))
+        let c = access::caller(&self.node, &request)?;
+        Ok(Response::new(
+            self.do_range(request.into_inner(), c.as_ref()).await?,
+        ))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        Ok(Response::new(self.do_put(request.into_inner()).await?))
+        let c = access::caller(&self.node, &request)?;
+        Ok(Response::new(
+            self.do_put(request.into_inner(), c.as_ref()).await?,
+        ))
     }
 
     async fn delete_range(
@@ -131,12 +171,18 @@ impl Kv for KvService {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        Ok(Response::new(self.do_delete(request.into_inner()).await?))
+        let c = access::caller(&self.node, &request)?;
+        Ok(Response::new(
+            self.do_delete(request.into_inner(), c.as_ref()).await?,
+        ))
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        Ok(Response::new(self.do_txn(request.into_inner()).await?))
+        let c = access::caller(&self.node, &request)?;
+        Ok(Response::new(
+            self.do_txn(request.into_inner(), c.as_ref()).await?,
+        ))
     }
 
     async fn compact(
@@ -144,6 +190,9 @@ impl Kv for KvService {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        Ok(Response::new(self.do_compact(request.into_inner()).await?))
+        let c = access::caller(&self.node, &request)?;
+        Ok(Response::new(
+            self.do_compact(request.into_inner(), c.as_ref()).await?,
+        ))
     }
 }

@@ -4,6 +4,7 @@
 //! Invariant: handlers only validate, call [`crate::node::Node`] and map errors through
 //! [`error`]; they hold no state of their own.
 
+pub mod access;
 pub mod auth;
 pub mod cluster;
 pub mod error;

@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::EtcdError;
-use super::guard;
+use super::{access, guard};
 use crate::mvcc::watch::{HubMsg, RevEvents};
 use crate::mvcc::{in_range, MvccError, ReadError};
 use crate::node::Node;
@@ -75,7 +75,9 @@ impl Watch for WatchService {
         guard::voter_rpc(&self.node, &request)?;
         let require_leader = guard::wants_leader(&request);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = WatchStreamTask::new(self.node.clone(), tx);
+        let caller = access::caller(&self.node, &request)?;
+        let mut stream = WatchStreamTask::new(self.node.clone(), tx);
+        stream.caller = caller;
         tokio::spawn(stream.run(request.into_inner(), require_leader));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -119,6 +121,8 @@ struct WatchStreamTask {
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
+    /// Who opened the stream, when authentication is on: every create needs READ on its range.
+    caller: Option<crate::auth::Caller>,
     /// The highest revision this stream has processed (delivered to every watcher wanting it).
     seen: i64,
 }
@@ -145,6 +149,7 @@ impl WatchStreamTask {
             tx,
             watchers: BTreeMap::new(),
             next_id: 0,
+            caller: None,
             seen: 0,
         }
     }
@@ -278,6 +283,16 @@ impl WatchStreamTask {
         let key = if c.key.is_empty() { vec![0] } else { c.key };
         if !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end {
             return self.refuse_create(current, EMPTY_RANGE).await;
+        }
+        if let Some(caller) = &self.caller {
+            let check = self
+                .node
+                .auth
+                .check(caller, crate::auth::Access::Read, &key, &c.range_end);
+            if let Err(e) = check {
+                let reason = EtcdError::from(e).to_string();
+                return self.refuse_create(current, &reason).await;
+            }
         }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {
