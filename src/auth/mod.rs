@@ -9,8 +9,8 @@
 //! - Passwords are hashed by the proposer (bcrypt is salted, so hashing is not deterministic);
 //!   the store only ever sees and keeps the hash.
 //! - Refusals are [`AuthError`] values with etcd's texts, decided before anything is written.
-//! - A role's permissions are kept sorted by key and range end; a grant over the same key and
-//!   range end replaces the earlier permission's type.
+//! - A role's permissions are kept sorted by key (in grant order among equal keys, as etcd's); a
+//!   grant whose key and range end match the first permission with that key replaces its type.
 
 pub mod perm;
 
@@ -129,10 +129,6 @@ fn user_key(name: &str) -> Vec<u8> {
 
 fn role_key(name: &str) -> Vec<u8> {
     [ROLE_PREFIX, name.as_bytes()].concat()
-}
-
-fn perm_order(p: &Permission) -> (&[u8], &[u8]) {
-    (p.key.as_slice(), p.range_end.as_slice())
 }
 
 impl AuthStore {
@@ -414,6 +410,9 @@ impl AuthStore {
                 true
             }
             AuthCmd::UserGrantRole { user, role } => {
+                if !st.users.contains_key(user) {
+                    return Err(AuthError::UserNotFound);
+                }
                 if role != ROOT && !st.roles.contains_key(role) {
                     return Err(AuthError::RoleNotFound);
                 }
@@ -485,12 +484,17 @@ impl AuthStore {
                     range_end: range_end.clone(),
                 };
                 let r = st.roles.get_mut(name).ok_or(AuthError::RoleNotFound)?;
-                match r
-                    .key_permission
-                    .binary_search_by(|p| perm_order(p).cmp(&perm_order(perm)))
-                {
-                    Ok(at) => r.key_permission[at].perm_type = perm.perm_type,
-                    Err(at) => r.key_permission.insert(at, perm.clone()),
+                // As etcd: only the first permission with the same key is looked at; a new one
+                // goes after every permission whose key is not greater (kept sorted by key).
+                let first = r.key_permission.partition_point(|p| p.key < perm.key);
+                match r.key_permission.get_mut(first) {
+                    Some(p) if p.key == perm.key && p.range_end == perm.range_end => {
+                        p.perm_type = perm.perm_type
+                    }
+                    _ => {
+                        let at = r.key_permission.partition_point(|p| p.key <= perm.key);
+                        r.key_permission.insert(at, perm.clone());
+                    }
                 }
                 batch.put(Cf::Auth, role_key(name), r.encode_to_vec());
                 true
@@ -501,12 +505,12 @@ impl AuthStore {
                 range_end,
             } => {
                 let r = st.roles.get_mut(role).ok_or(AuthError::RoleNotFound)?;
-                let at = r
-                    .key_permission
-                    .iter()
-                    .position(|p| &p.key == key && &p.range_end == range_end)
-                    .ok_or(AuthError::PermissionNotGranted)?;
-                r.key_permission.remove(at);
+                let before = r.key_permission.len();
+                r.key_permission
+                    .retain(|p| !(&p.key == key && &p.range_end == range_end));
+                if r.key_permission.len() == before {
+                    return Err(AuthError::PermissionNotGranted);
+                }
                 batch.put(Cf::Auth, role_key(role), r.encode_to_vec());
                 true
             }

@@ -75,6 +75,14 @@ pub fn txn(node: &Node, c: &Caller, r: &TxnRequest) -> Result<(), EtcdError> {
     Ok(())
 }
 
+/// Revoking a lease (or reading its time-to-live) needs `access` on every key attached to it.
+pub fn lease_keys(node: &Node, c: &Caller, lease: i64, access: Access) -> Result<(), EtcdError> {
+    for key in node.leases.keys(lease).unwrap_or_default() {
+        check(node, c, access, &key, &[])?;
+    }
+    Ok(())
+}
+
 /// Only the `root` role administers (compaction, membership, maintenance, auth management).
 pub fn admin(node: &Node, c: Option<&Caller>) -> Result<(), EtcdError> {
     match c {

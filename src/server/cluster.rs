@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::error::EtcdError;
-use super::guard;
+use super::{access, guard};
 use crate::node::Node;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::{
@@ -73,6 +73,7 @@ impl Cluster for ClusterService {
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
+        access::admin(&self.node, access::caller(&self.node, &request)?.as_ref())?;
         let r = request.into_inner();
         check_urls(&r.peer_ur_ls)?;
         let res = self
@@ -96,6 +97,7 @@ impl Cluster for ClusterService {
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
+        access::admin(&self.node, access::caller(&self.node, &request)?.as_ref())?;
         let id = request.into_inner().id;
         let res = self
             .node
@@ -114,6 +116,7 @@ impl Cluster for ClusterService {
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
+        access::admin(&self.node, access::caller(&self.node, &request)?.as_ref())?;
         let r = request.into_inner();
         check_urls(&r.peer_ur_ls)?;
         let res = self
@@ -153,6 +156,7 @@ impl Cluster for ClusterService {
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
+        access::admin(&self.node, access::caller(&self.node, &request)?.as_ref())?;
         let id = request.into_inner().id;
         let res = self
             .node

@@ -7,6 +7,8 @@
 //!   unknown lease is not an error: keep-alive answers TTL 0, time-to-live TTL -1, as etcd does.
 //! - Keep-alive answers arrive in request order on each stream; any other error ends the stream
 //!   with etcd's status.
+//! - With authentication on, revoking a lease needs WRITE and reading its time-to-live needs
+//!   READ on every key attached to it, as etcd's.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,8 +19,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::EtcdError;
-use super::guard;
+use super::{access, guard};
 use crate::apply::{Applied, Op, Pb};
+use crate::auth::{Access, Caller};
 use crate::lease::MAX_LEASE_TTL;
 use crate::node::Node;
 use crate::proto::etcdserverpb::lease_server::Lease;
@@ -71,8 +74,18 @@ pub async fn grant(node: &Node, r: LeaseGrantRequest) -> Result<LeaseGrantRespon
 }
 
 /// Serves a LeaseRevoke.
-pub async fn revoke(node: &Node, r: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, EtcdError> {
-    match node.propose(Op::LeaseRevoke(Pb(r))).await? {
+pub async fn revoke(
+    node: &Node,
+    r: LeaseRevokeRequest,
+    c: Option<&Caller>,
+) -> Result<LeaseRevokeResponse, EtcdError> {
+    if let Some(c) = c {
+        access::lease_keys(node, c, r.id, Access::Write)?;
+    }
+    match node
+        .propose(access::guarded(Op::LeaseRevoke(Pb(r)), c))
+        .await?
+    {
         Applied::LeaseRevoked { revision } => Ok(LeaseRevokeResponse {
             header: Some(node.header(revision)),
         }),
@@ -101,7 +114,11 @@ pub async fn keep_alive_once(
 pub async fn time_to_live(
     node: &Node,
     r: LeaseTimeToLiveRequest,
+    c: Option<&Caller>,
 ) -> Result<LeaseTimeToLiveResponse, EtcdError> {
+    if let Some(c) = c {
+        access::lease_keys(node, c, r.id, Access::Read)?;
+    }
     let t = node.raft.lease_time_to_live(r.id, r.keys).await?;
     Ok(match t {
         Some(t) => LeaseTimeToLiveResponse {
@@ -158,8 +175,9 @@ impl Lease for LeaseService {
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
+        let c = access::caller(&self.node, &request)?;
         Ok(Response::new(
-            revoke(&self.node, request.into_inner()).await?,
+            revoke(&self.node, request.into_inner(), c.as_ref()).await?,
         ))
     }
 
@@ -198,8 +216,9 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
+        let c = access::caller(&self.node, &request)?;
         Ok(Response::new(
-            time_to_live(&self.node, request.into_inner()).await?,
+            time_to_live(&self.node, request.into_inner(), c.as_ref()).await?,
         ))
     }
 

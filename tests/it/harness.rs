@@ -134,6 +134,86 @@ pub fn etcdctl_stdin(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Ctl
     child.wait_with_output().expect("etcdctl output").into()
 }
 
+/// One `etcdctl` step for [`compare`]: arguments and optional stdin.
+#[derive(Debug)]
+pub struct Step {
+    /// The arguments after the global flags.
+    pub args: Vec<String>,
+    /// What etcdctl reads on stdin (`txn -i`, `user passwd --interactive=false`).
+    pub stdin: Option<&'static str>,
+}
+
+/// A step without stdin.
+pub fn step(args: &[&str]) -> Step {
+    Step {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        stdin: None,
+    }
+}
+
+/// Blanks the numbers that differ between two clusters in JSON output: cluster and member IDs,
+/// raft terms.
+pub fn normalize(s: &str) -> String {
+    let mut out = s.to_string();
+    for field in ["\"cluster_id\":", "\"member_id\":", "\"raft_term\":"] {
+        let mut res = String::new();
+        let mut rest = out.as_str();
+        while let Some(pos) = rest.find(field) {
+            res.push_str(&rest[..pos + field.len()]);
+            rest = &rest[pos + field.len()..];
+            let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+            res.push('N');
+            rest = &rest[digits..];
+        }
+        res.push_str(rest);
+        out = res;
+    }
+    out
+}
+
+/// The last line of stderr that starts with `Error:` (etcdctl also logs JSON warnings there).
+pub fn error_line(c: &Ctl) -> String {
+    c.stderr
+        .lines()
+        .rfind(|l| l.starts_with("Error:"))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Runs one step against `endpoint`.
+pub fn run_step(endpoint: &str, s: &Step) -> Ctl {
+    let args: Vec<&str> = s.args.iter().map(|a| a.as_str()).collect();
+    etcdctl_stdin(endpoint, &args, s.stdin)
+}
+
+/// Runs `steps` against both servers, one step on each before the next, and asserts identical
+/// results: exit code, stdout (up to [`normalize`]) and the `Error:` line. Returns oxcd's outputs.
+pub fn compare(etcd: &str, oxcd: &str, steps: &[Step]) -> Vec<Ctl> {
+    let mut outs = Vec::new();
+    for s in steps {
+        let want = run_step(etcd, s);
+        let got = run_step(oxcd, s);
+        let what = s.args.join(" ");
+        assert_eq!(
+            (got.ok, got.code),
+            (want.ok, want.code),
+            "exit status of `etcdctl {what}`: {got:?}, etcd: {want:?}"
+        );
+        assert_eq!(
+            normalize(&got.stdout),
+            normalize(&want.stdout),
+            "stdout of `etcdctl {what}`"
+        );
+        assert_eq!(
+            error_line(&got),
+            error_line(&want),
+            "error of `etcdctl {what}`"
+        );
+        outs.push(got);
+    }
+    outs
+}
+
 /// Which server a [`Member`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

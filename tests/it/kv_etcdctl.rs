@@ -2,76 +2,7 @@
 //! oxcd: every command must print exactly what it prints against etcd (IDs and terms in JSON output
 //! aside), and the outputs a user reads are also pinned literally.
 
-use crate::harness::{etcdctl, etcdctl_stdin, Cluster, Ctl, Kind};
-
-/// One etcdctl step: arguments, optional stdin.
-struct Step {
-    args: Vec<String>,
-    stdin: Option<&'static str>,
-}
-
-fn step(args: &[&str]) -> Step {
-    Step {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        stdin: None,
-    }
-}
-
-/// Blanks the numbers that differ between two clusters: cluster and member IDs, raft terms.
-fn normalize(s: &str) -> String {
-    let mut out = s.to_string();
-    for field in ["\"cluster_id\":", "\"member_id\":", "\"raft_term\":"] {
-        let mut res = String::new();
-        let mut rest = out.as_str();
-        while let Some(pos) = rest.find(field) {
-            res.push_str(&rest[..pos + field.len()]);
-            rest = &rest[pos + field.len()..];
-            let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
-            res.push('N');
-            rest = &rest[digits..];
-        }
-        res.push_str(rest);
-        out = res;
-    }
-    out
-}
-
-/// The last line of stderr that starts with `Error:` (etcdctl also logs JSON warnings there).
-fn error_line(c: &Ctl) -> String {
-    c.stderr
-        .lines()
-        .rfind(|l| l.starts_with("Error:"))
-        .unwrap_or("")
-        .to_string()
-}
-
-fn run(endpoint: &str, s: &Step) -> Ctl {
-    let args: Vec<&str> = s.args.iter().map(|a| a.as_str()).collect();
-    etcdctl_stdin(endpoint, &args, s.stdin)
-}
-
-/// Runs `steps` against both servers and asserts identical results; returns oxcd's outputs.
-fn compare(etcd: &str, oxcd: &str, steps: &[Step]) -> Vec<Ctl> {
-    let mut outs = Vec::new();
-    for s in steps {
-        let want = run(etcd, s);
-        let got = run(oxcd, s);
-        let what = s.args.join(" ");
-        assert_eq!(got.ok, want.ok, "exit status of `etcdctl {what}`: {got:?}");
-        assert_eq!(
-            normalize(&got.stdout),
-            normalize(&want.stdout),
-            "stdout of `etcdctl {what}`"
-        );
-        assert_eq!(
-            error_line(&got),
-            error_line(&want),
-            "error of `etcdctl {what}`"
-        );
-        outs.push(got);
-    }
-    outs
-}
+use crate::harness::{compare, error_line, etcdctl, step, Cluster, Kind, Step};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tutorial_kv_matches_etcd() {

@@ -1,6 +1,7 @@
 //! oxcd's one integration-test binary: real `oxcd` processes on ephemeral loopback ports, driven by
 //! the real `etcdctl` 3.5 and the `etcd-client` crate, and compared side by side with the real etcd.
 
+mod auth;
 mod cli;
 mod cluster;
 mod harness;
