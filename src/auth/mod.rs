@@ -12,6 +12,7 @@
 //! - A role's permissions are kept sorted by key (in grant order among equal keys, as etcd's); a
 //!   grant whose key and range end match the first permission with that key replaces its type.
 
+pub mod jwt;
 pub mod perm;
 
 use std::collections::{BTreeMap, HashMap};
@@ -117,6 +118,8 @@ pub struct AuthStore {
     /// etcd's: a restart forgets them and clients authenticate again.
     tokens: Mutex<HashMap<String, (String, u64, Instant)>>,
     token_ttl: Duration,
+    /// JWT tokens instead of simple ones, when configured.
+    jwt: Option<jwt::Jwt>,
 }
 
 fn corrupt(detail: String) -> StorageError {
@@ -139,6 +142,7 @@ impl AuthStore {
             state: RwLock::new(State::default()),
             tokens: Mutex::new(HashMap::new()),
             token_ttl,
+            jwt: None,
         };
         store.load()?;
         Ok(store)
@@ -233,8 +237,24 @@ impl AuthStore {
         Ok(())
     }
 
-    /// The caller a simple token names, refreshing its expiry.
+    /// Uses JWT tokens (`--auth-token jwt,...`) instead of simple ones.
+    pub fn with_jwt(mut self, jwt: jwt::Jwt) -> AuthStore {
+        self.jwt = Some(jwt);
+        self
+    }
+
+    /// A JWT for `user` at the current auth revision, when JWT tokens are configured.
+    pub fn mint_jwt(&self, user: &str) -> Option<Result<String, AuthError>> {
+        let revision = self.revision();
+        self.jwt.as_ref().map(|j| j.mint(user, revision))
+    }
+
+    /// The caller a token names: a JWT's signature and expiry are checked; a simple token must
+    /// be known to this member and not expired (its expiry is refreshed).
     pub fn resolve(&self, token: &str) -> Result<Caller, AuthError> {
+        if let Some(j) = &self.jwt {
+            return j.verify(token);
+        }
         let now = Instant::now();
         let mut tokens = self.tokens.lock();
         match tokens.get_mut(token) {

@@ -79,7 +79,7 @@ settings_flags! {
     max_learners => "max-learners", "Maximum number of learners allowed in the cluster (default 1).";
     strict_reconfig_check => "strict-reconfig-check", "Reject reconfiguration requests that would cause quorum loss (default true).", bare = "true";
     watch_progress_notify_interval => "watch-progress-notify-interval", "Duration of periodic watch progress notifications (default 10m).";
-    auth_token => "auth-token", "Auth token type: simple (default; jwt is not built yet).";
+    auth_token => "auth-token", "Auth token: simple (default) or jwt,pub-key=<PEM>,priv-key=<PEM>,sign-method=<RS256|ES256|...>,ttl=<duration>.";
     auth_token_ttl => "auth-token-ttl", "Seconds a simple token lives after its last use (default 300).";
     bcrypt_cost => "bcrypt-cost", "bcrypt cost of user password hashes, 4 to 31 (default 10).";
     experimental_enable_lease_checkpoint => "experimental-enable-lease-checkpoint", "Checkpoint remaining lease TTLs through the log so they survive a leader change (default false).", bare = "true";

@@ -237,7 +237,13 @@ impl Node {
         let mvcc = Mvcc::open(storage.clone())?;
         let leases = Arc::new(Lessor::open(storage.clone(), Arc::new(SystemClock))?);
         restore_leases(&leases, &mvcc)?;
-        let auth = Arc::new(AuthStore::open(storage.clone(), settings.auth_token_ttl)?);
+        let mut auth = AuthStore::open(storage.clone(), settings.auth_token_ttl)?;
+        if let Some(o) = &settings.auth_jwt {
+            let jwt = crate::auth::jwt::Jwt::load(o)
+                .map_err(|e| NodeError::Refused(format!("--auth-token: {e}")))?;
+            auth = auth.with_jwt(jwt);
+        }
+        let auth = Arc::new(auth);
         let raft_settings = RaftSettings {
             heartbeat: settings.heartbeat,
             election: settings.election,

@@ -130,6 +130,13 @@ impl Auth for AuthService {
         if !(ok && known) {
             return Err(EtcdError::from(AuthError::AuthFailed).into());
         }
+        if let Some(token) = self.node.auth.mint_jwt(&r.name) {
+            // A JWT carries everything: no member needs to be told about it.
+            return Ok(Response::new(AuthenticateResponse {
+                header: self.header(),
+                token: token.map_err(EtcdError::from)?,
+            }));
+        }
         let letters: String = rand::thread_rng()
             .sample_iter(rand::distributions::Alphanumeric)
             .filter(|c| c.is_ascii_alphabetic())
