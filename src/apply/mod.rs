@@ -668,4 +668,52 @@ mod tests {
         assert_eq!(f.leases.keys(2), Some(vec![b"m".to_vec()]));
         assert_eq!(f.leases.leases(), vec![2]);
     }
+
+    #[test]
+    fn a_guarded_write_applies_only_at_the_auth_revision_it_was_checked_at() {
+        let f = fixture();
+        let seen_while_off = f.auth.revision();
+        for cmd in [
+            AuthCmd::RoleAdd {
+                name: "root".to_string(),
+            },
+            AuthCmd::UserAdd {
+                name: "root".to_string(),
+                hashed_password: "$2b$04$x".to_string(),
+                no_password: false,
+            },
+            AuthCmd::UserGrantRole {
+                user: "root".to_string(),
+                role: "root".to_string(),
+            },
+        ] {
+            assert!(matches!(
+                f.apply(Op::Auth(cmd)),
+                Applied::AuthChanged { .. }
+            ));
+        }
+        let guarded = |rev: u64, key: &str| Op::Guarded {
+            auth_revision: rev,
+            op: Box::new(put(key, 0)),
+        };
+        // Auth is still off: the revision moved, but nothing is checked.
+        assert!(matches!(
+            f.apply(guarded(seen_while_off, "a")),
+            Applied::Put(_)
+        ));
+        assert!(matches!(
+            f.apply(Op::Auth(AuthCmd::Enable)),
+            Applied::AuthChanged { .. }
+        ));
+        // A write checked before `auth enable` committed is refused, not applied unchecked.
+        assert_eq!(
+            f.apply(guarded(seen_while_off, "b")),
+            Applied::Failed(AuthError::OldRevision.into())
+        );
+        assert!(matches!(
+            f.apply(guarded(f.auth.revision(), "c")),
+            Applied::Put(_)
+        ));
+        assert_eq!(f.keys(), ["a@0", "c@0"]);
+    }
 }

@@ -5,8 +5,9 @@
 //! - While authentication is off no request is checked (`caller` is `None`).
 //! - A transaction needs READ over every compare and, in both branches and every nested
 //!   transaction, the permission each op needs, whichever branch would run (as etcd).
-//! - A checked write is proposed as [`Op::Guarded`] with the auth revision it was checked at,
-//!   so a change to users or roles that commits first makes it fail instead of applying.
+//! - Every client write is proposed as [`Op::Guarded`] with the auth revision it was checked at
+//!   (or seen at, while authentication is off), so a change to users or roles, or enabling
+//!   authentication, that commits first makes it fail instead of applying unchecked.
 
 use tonic::Request;
 
@@ -91,13 +92,12 @@ pub fn admin(node: &Node, c: Option<&Caller>) -> Result<(), EtcdError> {
     }
 }
 
-/// `op` as proposed for `c`: guarded by the auth revision its permissions were checked at.
-pub fn guarded(op: Op, c: Option<&Caller>) -> Op {
-    match c {
-        Some(c) => Op::Guarded {
-            auth_revision: c.revision,
-            op: Box::new(op),
-        },
-        None => op,
+/// `op` as proposed for `c`: guarded by the auth revision its permissions were checked at (the
+/// current one when authentication was off, so a write that raced with `auth enable` is
+/// refused rather than applied unchecked).
+pub fn guarded(node: &Node, op: Op, c: Option<&Caller>) -> Op {
+    Op::Guarded {
+        auth_revision: c.map_or_else(|| node.auth.revision(), |c| c.revision),
+        op: Box::new(op),
     }
 }

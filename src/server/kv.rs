@@ -33,7 +33,11 @@ impl KvService {
     }
 
     async fn propose(&self, op: Op, c: Option<&Caller>) -> Result<Applied, EtcdError> {
-        match self.node.propose(access::guarded(op, c)).await? {
+        match self
+            .node
+            .propose(access::guarded(&self.node, op, c))
+            .await?
+        {
             Applied::Failed(e) => Err(e.into()),
             other => Ok(other),
         }

@@ -83,7 +83,7 @@ pub async fn revoke(
         access::lease_keys(node, c, r.id, Access::Write)?;
     }
     match node
-        .propose(access::guarded(Op::LeaseRevoke(Pb(r)), c))
+        .propose(access::guarded(node, Op::LeaseRevoke(Pb(r)), c))
         .await?
     {
         Applied::LeaseRevoked { revision } => Ok(LeaseRevokeResponse {
