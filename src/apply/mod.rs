@@ -50,12 +50,15 @@ pub enum Op {
     LeaseCheckpoint(Pb<LeaseCheckpointRequest>),
     /// A change to users, roles or permissions (passwords already hashed by the proposer).
     Auth(AuthCmd),
-    /// A command whose caller's permissions were checked at auth revision `auth_revision`: it
-    /// applies only if authentication is off or the auth store is still at that revision
-    /// (otherwise it fails with `revision of auth store is old` and the client retries).
+    /// A client command whose caller's permissions were checked at auth revision
+    /// `auth_revision`: it applies only if authentication is off, or it was checked and the auth
+    /// store is still at that revision (otherwise it fails with `revision of auth store is old`,
+    /// or `user name is empty` if authentication came on meanwhile, and the client retries).
     Guarded {
-        /// The auth revision the permissions were checked at.
+        /// The auth revision the permissions were checked at (or seen at, unchecked).
         auth_revision: u64,
+        /// Whether authentication was on, and the caller checked.
+        checked: bool,
         /// The command.
         op: Box<Op>,
     },
@@ -249,9 +252,19 @@ fn apply_one(w: &mut Writer<'_>, tables: Tables<'_>, op: &Op) -> Result<Applied,
             },
             Err(e) => Applied::Failed(e.into()),
         }),
-        Op::Guarded { auth_revision, op } => {
-            if tables.auth.enabled() && tables.auth.revision() != *auth_revision {
-                return Ok(Applied::Failed(AuthError::OldRevision.into()));
+        Op::Guarded {
+            auth_revision,
+            checked,
+            op,
+        } => {
+            if tables.auth.enabled() {
+                if !checked {
+                    // Authentication came on after the request was taken without a user.
+                    return Ok(Applied::Failed(AuthError::UserEmpty.into()));
+                }
+                if tables.auth.revision() != *auth_revision {
+                    return Ok(Applied::Failed(AuthError::OldRevision.into()));
+                }
             }
             apply_one(w, tables, op)
         }
@@ -692,26 +705,32 @@ mod tests {
                 Applied::AuthChanged { .. }
             ));
         }
-        let guarded = |rev: u64, key: &str| Op::Guarded {
+        let guarded = |rev: u64, checked: bool, key: &str| Op::Guarded {
             auth_revision: rev,
+            checked,
             op: Box::new(put(key, 0)),
         };
         // Auth is still off: the revision moved, but nothing is checked.
         assert!(matches!(
-            f.apply(guarded(seen_while_off, "a")),
+            f.apply(guarded(seen_while_off, false, "a")),
             Applied::Put(_)
         ));
         assert!(matches!(
             f.apply(Op::Auth(AuthCmd::Enable)),
             Applied::AuthChanged { .. }
         ));
-        // A write checked before `auth enable` committed is refused, not applied unchecked.
+        // A write taken without a user before `auth enable` committed is refused.
         assert_eq!(
-            f.apply(guarded(seen_while_off, "b")),
+            f.apply(guarded(f.auth.revision(), false, "b")),
+            Applied::Failed(AuthError::UserEmpty.into())
+        );
+        // A write checked at an older auth revision is refused.
+        assert_eq!(
+            f.apply(guarded(seen_while_off, true, "b")),
             Applied::Failed(AuthError::OldRevision.into())
         );
         assert!(matches!(
-            f.apply(guarded(f.auth.revision(), "c")),
+            f.apply(guarded(f.auth.revision(), true, "c")),
             Applied::Put(_)
         ));
         assert_eq!(f.keys(), ["a@0", "c@0"]);

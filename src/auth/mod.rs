@@ -110,7 +110,6 @@ struct State {
 }
 
 /// The auth store of one member.
-#[derive(Debug)]
 pub struct AuthStore {
     storage: Storage,
     state: RwLock<State>,
@@ -120,6 +119,24 @@ pub struct AuthStore {
     token_ttl: Duration,
     /// JWT tokens instead of simple ones, when configured.
     jwt: Option<jwt::Jwt>,
+    /// The monotonic clock simple tokens expire by (tests move it by hand).
+    clock: Clock,
+}
+
+/// A monotonic time source.
+type Clock = std::sync::Arc<dyn Fn() -> Instant + Send + Sync>;
+
+impl std::fmt::Debug for AuthStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.state.read();
+        f.debug_struct("AuthStore")
+            .field("enabled", &st.enabled)
+            .field("revision", &st.revision)
+            .field("users", &st.users.len())
+            .field("roles", &st.roles.len())
+            .field("jwt", &self.jwt)
+            .finish()
+    }
 }
 
 fn corrupt(detail: String) -> StorageError {
@@ -143,6 +160,7 @@ impl AuthStore {
             tokens: Mutex::new(HashMap::new()),
             token_ttl,
             jwt: None,
+            clock: std::sync::Arc::new(Instant::now),
         };
         store.load()?;
         Ok(store)
@@ -227,7 +245,7 @@ impl AuthStore {
         if !st.users.contains_key(name) {
             return Err(AuthError::AuthFailed);
         }
-        let now = Instant::now();
+        let now = (self.clock)();
         let mut tokens = self.tokens.lock();
         tokens.retain(|_, (_, _, expiry)| *expiry > now);
         tokens.insert(
@@ -235,6 +253,12 @@ impl AuthStore {
             (name.to_string(), st.revision, now + self.token_ttl),
         );
         Ok(())
+    }
+
+    /// Uses `clock` for simple-token expiry instead of the system's monotonic clock.
+    pub fn with_clock(mut self, clock: impl Fn() -> Instant + Send + Sync + 'static) -> AuthStore {
+        self.clock = std::sync::Arc::new(clock);
+        self
     }
 
     /// Uses JWT tokens (`--auth-token jwt,...`) instead of simple ones.
@@ -249,20 +273,28 @@ impl AuthStore {
         self.jwt.as_ref().map(|j| j.mint(user, revision))
     }
 
-    /// The caller a token names: a JWT's signature and expiry are checked; a simple token must
-    /// be known to this member and not expired (its expiry is refreshed).
+    /// Drops the simple tokens of `name` (its password changed, or it was deleted).
+    fn invalidate_user(&self, name: &str) {
+        self.tokens.lock().retain(|_, (user, _, _)| user != name);
+    }
+
+    /// The caller a token names: a JWT's signature and expiry are checked, and it carries the
+    /// auth revision it was minted at (so it goes stale on any auth change); a simple token
+    /// must be known to this member and not expired (its expiry is refreshed), and is checked
+    /// against the store as it is now, as etcd's.
     pub fn resolve(&self, token: &str) -> Result<Caller, AuthError> {
         if let Some(j) = &self.jwt {
             return j.verify(token);
         }
-        let now = Instant::now();
+        let now = (self.clock)();
+        let revision = self.revision();
         let mut tokens = self.tokens.lock();
         match tokens.get_mut(token) {
-            Some((user, revision, expiry)) if *expiry > now => {
+            Some((user, _, expiry)) if *expiry > now => {
                 *expiry = now + self.token_ttl;
                 Ok(Caller {
                     user: user.clone(),
-                    revision: *revision,
+                    revision,
                 })
             }
             Some(_) => {
@@ -366,18 +398,19 @@ impl AuthStore {
                 {
                     return Err(AuthError::RootRoleNotExist);
                 }
-                if st.enabled {
-                    false
-                } else {
+                if !st.enabled {
                     st.enabled = true;
                     batch.put(Cf::Auth, KEY_ENABLED.to_vec(), vec![1]);
-                    true
                 }
+                // As etcd: enabling does not move the auth revision (disabling does).
+                false
             }
             AuthCmd::Disable => {
                 if st.enabled {
                     st.enabled = false;
                     batch.put(Cf::Auth, KEY_ENABLED.to_vec(), vec![0]);
+                    // Every simple token dies with authentication, as etcd's.
+                    self.tokens.lock().clear();
                     true
                 } else {
                     false
@@ -418,6 +451,7 @@ impl AuthStore {
                     return Err(AuthError::UserNotFound);
                 }
                 batch.delete(Cf::Auth, user_key(name));
+                self.invalidate_user(name);
                 true
             }
             AuthCmd::UserChangePassword {
@@ -427,6 +461,7 @@ impl AuthStore {
                 let user = st.users.get_mut(name).ok_or(AuthError::UserNotFound)?;
                 user.password = hashed_password.as_bytes().to_vec();
                 batch.put(Cf::Auth, user_key(name), user.encode_to_vec());
+                self.invalidate_user(name);
                 true
             }
             AuthCmd::UserGrantRole { user, role } => {

@@ -176,3 +176,60 @@ fn deleting_a_role_takes_it_from_users_and_the_store_survives_reload() {
     .expect("delete user");
     assert_eq!(f.store.user("u"), Err(AuthError::UserNotFound));
 }
+
+#[test]
+fn a_simple_token_lives_its_ttl_after_its_last_use() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = Storage::open(dir.path()).expect("open");
+    let start = Instant::now();
+    let millis = Arc::new(AtomicU64::new(0));
+    let m = millis.clone();
+    let store = AuthStore::open(storage.clone(), Duration::from_secs(2))
+        .expect("auth store")
+        .with_clock(move || start + Duration::from_millis(m.load(Ordering::Relaxed)));
+    let run = |cmd: AuthCmd| {
+        let mut b = Batch::new();
+        let r = store.apply(&mut b, &cmd);
+        storage.write(b, false).expect("write");
+        r
+    };
+    run(role("root")).expect("role");
+    run(user("root")).expect("user");
+    run(AuthCmd::UserGrantRole {
+        user: "root".to_string(),
+        role: "root".to_string(),
+    })
+    .expect("grant");
+    let login = |token: &str| AuthCmd::Authenticate {
+        name: "root".to_string(),
+        token: token.to_string(),
+    };
+    assert_eq!(run(login("t.1")), Err(AuthError::AuthNotEnabled));
+    run(AuthCmd::Enable).expect("enable");
+    run(login("t.1")).expect("authenticate");
+    let advance = |ms: u64| millis.fetch_add(ms, Ordering::Relaxed);
+    // Each use restarts the TTL: used every 1.5 s, it outlives 2 s many times over.
+    for _ in 0..5 {
+        advance(1500);
+        assert_eq!(store.resolve("t.1").map(|c| c.user), Ok("root".to_string()));
+    }
+    advance(2001);
+    assert_eq!(
+        store.resolve("t.1"),
+        Err(AuthError::InvalidToken),
+        "unused for its TTL"
+    );
+    assert_eq!(
+        store.resolve("t.1"),
+        Err(AuthError::InvalidToken),
+        "and gone for good"
+    );
+    // Disabling authentication ends every token.
+    run(login("t.2")).expect("authenticate");
+    run(AuthCmd::Disable).expect("disable");
+    assert_eq!(store.resolve("t.2"), Err(AuthError::InvalidToken));
+}

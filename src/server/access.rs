@@ -3,6 +3,8 @@
 //!
 //! Invariants:
 //! - While authentication is off no request is checked (`caller` is `None`).
+//! - Checks run on this member's auth state after it has caught up with the leader, so an auth
+//!   change acknowledged to any client is seen by every later request on every member.
 //! - A transaction needs READ over every compare and, in both branches and every nested
 //!   transaction, the permission each op needs, whichever branch would run (as etcd).
 //! - Every client write is proposed as [`Op::Guarded`] with the auth revision it was checked at
@@ -13,22 +15,49 @@ use tonic::Request;
 
 use super::error::EtcdError;
 use crate::apply::Op;
-use crate::auth::{Access, Caller};
+use crate::auth::{Access, AuthError, Caller};
 use crate::node::Node;
 use crate::proto::etcdserverpb::{
     request_op::Request as TxnOp, DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest,
 };
 
-/// The caller of `req`: `None` while authentication is off; otherwise the user its `token`
-/// metadata names (an empty user when there is no token, which every check refuses with
-/// `user name is empty`).
-pub fn caller<T>(node: &Node, req: &Request<T>) -> Result<Option<Caller>, EtcdError> {
-    if !node.auth.enabled() {
-        return Ok(None);
+/// The auth token of `req`: its `token` metadata, or `authorization` (etcd reads both).
+pub fn token<T>(req: &Request<T>) -> Option<String> {
+    let md = req.metadata();
+    md.get("token")
+        .or_else(|| md.get("authorization"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The caller of `req`: the user its `token` (or `authorization`) metadata names, as etcd
+/// reads it. A token is checked even while authentication is off (etcd refuses an unknown one
+/// then too). Without a token: `None` while authentication is off, otherwise an empty user,
+/// which every check refuses with `user name is empty`. A simple token this member does not
+/// know yet may have been issued through another member: it is looked up again once this
+/// member has caught up with the leader.
+pub async fn caller<T>(node: &Node, req: &Request<T>) -> Result<Option<Caller>, EtcdError> {
+    // Checks read this member's auth state: first let it catch up with every auth change
+    // committed before the request (etcd checks in apply, which gives the same order).
+    if node.auth.enabled() || token(req).is_some() {
+        node.linearizable_barrier().await?;
     }
-    match req.metadata().get("token").and_then(|v| v.to_str().ok()) {
-        None => Ok(Some(Caller::default())),
-        Some(t) => Ok(Some(node.auth.resolve(t)?)),
+    caller_local(node, req).await
+}
+
+/// [`caller`] from this member's auth state as it is (for serializable reads, which accept a
+/// member that lags).
+pub async fn caller_local<T>(node: &Node, req: &Request<T>) -> Result<Option<Caller>, EtcdError> {
+    match token(req).as_deref() {
+        None if node.auth.enabled() => Ok(Some(Caller::default())),
+        None => Ok(None),
+        Some(t) => match node.auth.resolve(t) {
+            Ok(c) => Ok(Some(c)),
+            Err(AuthError::InvalidToken) if node.linearizable_barrier().await.is_ok() => {
+                Ok(Some(node.auth.resolve(t)?))
+            }
+            Err(e) => Err(e.into()),
+        },
     }
 }
 
@@ -98,6 +127,7 @@ pub fn admin(node: &Node, c: Option<&Caller>) -> Result<(), EtcdError> {
 pub fn guarded(node: &Node, op: Op, c: Option<&Caller>) -> Op {
     Op::Guarded {
         auth_revision: c.map_or_else(|| node.auth.revision(), |c| c.revision),
+        checked: c.is_some() && node.auth.enabled(),
         op: Box::new(op),
     }
 }

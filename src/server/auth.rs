@@ -47,9 +47,9 @@ impl AuthService {
     }
 
     /// Checks that the caller of `req` may administer (always true while auth is off).
-    fn admin<T>(&self, req: &Request<T>) -> Result<(), EtcdError> {
+    async fn admin<T>(&self, req: &Request<T>) -> Result<(), EtcdError> {
         guard::voter_rpc(&self.node, req)?;
-        let c = access::caller(&self.node, req)?;
+        let c = access::caller(&self.node, req).await?;
         access::admin(&self.node, c.as_ref())
     }
 
@@ -81,7 +81,7 @@ impl AuthService {
     }
 
     async fn read<T>(&self, req: &Request<T>) -> Result<(), EtcdError> {
-        self.admin(req)?;
+        self.admin(req).await?;
         self.node.linearizable_barrier().await?;
         Ok(())
     }
@@ -92,13 +92,13 @@ type R<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl Auth for AuthService {
     async fn auth_enable(&self, request: Request<AuthEnableRequest>) -> R<AuthEnableResponse> {
-        self.admin(&request)?;
+        self.admin(&request).await?;
         let header = self.change(AuthCmd::Enable).await?;
         Ok(Response::new(AuthEnableResponse { header }))
     }
 
     async fn auth_disable(&self, request: Request<AuthDisableRequest>) -> R<AuthDisableResponse> {
-        self.admin(&request)?;
+        self.admin(&request).await?;
         let header = self.change(AuthCmd::Disable).await?;
         Ok(Response::new(AuthDisableResponse { header }))
     }
@@ -155,7 +155,7 @@ impl Auth for AuthService {
     }
 
     async fn user_add(&self, request: Request<AuthUserAddRequest>) -> R<AuthUserAddResponse> {
-        self.admin(&request)?;
+        self.admin(&request).await?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(EtcdError::Auth(crate::auth::AuthError::UserEmpty).into());
@@ -180,7 +180,7 @@ impl Auth for AuthService {
 
     async fn user_get(&self, request: Request<AuthUserGetRequest>) -> R<AuthUserGetResponse> {
         guard::voter_rpc(&self.node, &request)?;
-        if let Some(c) = access::caller(&self.node, &request)? {
+        if let Some(c) = access::caller(&self.node, &request).await? {
             // Anyone may read their own user; other users need root.
             if c.user != request.get_ref().name || self.node.auth.check_caller(&c).is_err() {
                 access::admin(&self.node, Some(&c))?;
@@ -213,7 +213,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserDeleteRequest>,
     ) -> R<AuthUserDeleteResponse> {
-        self.admin(&request)?;
+        self.admin(&request).await?;
         let name = request.into_inner().name;
         let header = self.change(AuthCmd::UserDelete { name }).await?;
         Ok(Response::new(AuthUserDeleteResponse { header }))
@@ -223,7 +223,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserChangePasswordRequest>,
     ) -> R<AuthUserChangePasswordResponse> {
-        self.admin(&request)?;
+        self.admin(&request).await?;
         let r = request.into_inner();
         // Refuse an unknown user before spending a bcrypt hash on it.
         self.node.auth.user(&r.name).map_err(EtcdError::from)?;
@@ -245,7 +245,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserGrantRoleRequest>,
     ) -> R<AuthUserGrantRoleResponse> {
-        self.admin(&request)?;
+        self.admin(&request).await?;
         let r = request.into_inner();
         let header = self
             .change(AuthCmd::UserGrantRole {
@@ -260,7 +260,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserRevokeRoleRequest>,
     ) -> R<AuthUserRevokeRoleResponse> {
-        self.admin(&request)?;
+        self.admin(&request).await?;
         let r = request.into_inner();
         let header = self
             .change(AuthCmd::UserRevokeRole {
@@ -272,7 +272,7 @@ impl Auth for AuthService {
     }
 
     async fn role_add(&self, request: Request<AuthRoleAddRequest>) -> R<AuthRoleAddResponse> {
-        self.admin(&request)?;
+        self.admin(&request).await?;
         let name = request.into_inner().name;
         let header = self.change(AuthCmd::RoleAdd { name }).await?;
         Ok(Response::new(AuthRoleAddResponse { header }))
@@ -280,7 +280,7 @@ impl Auth for AuthService {
 
     async fn role_get(&self, request: Request<AuthRoleGetRequest>) -> R<AuthRoleGetResponse> {
         guard::voter_rpc(&self.node, &request)?;
-        if let Some(c) = access::caller(&self.node, &request)? {
+        if let Some(c) = access::caller(&self.node, &request).await? {
             // Anyone may read a role they have; other roles need root.
             let own = self.node.auth.check_caller(&c).is_ok()
                 && self
@@ -319,7 +319,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleDeleteRequest>,
     ) -> R<AuthRoleDeleteResponse> {
-        self.admin(&request)?;
+        self.admin(&request).await?;
         let role = request.into_inner().role;
         let header = self.change(AuthCmd::RoleDelete { role }).await?;
         Ok(Response::new(AuthRoleDeleteResponse { header }))
@@ -329,7 +329,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleGrantPermissionRequest>,
     ) -> R<AuthRoleGrantPermissionResponse> {
-        self.admin(&request)?;
+        self.admin(&request).await?;
         let r = request.into_inner();
         let perm = r.perm.ok_or(EtcdError::PermissionNotGiven)?;
         let header = self
@@ -347,7 +347,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleRevokePermissionRequest>,
     ) -> R<AuthRoleRevokePermissionResponse> {
-        self.admin(&request)?;
+        self.admin(&request).await?;
         let r = request.into_inner();
         let header = self
             .change(AuthCmd::RoleRevokePermission {

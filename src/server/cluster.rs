@@ -73,7 +73,10 @@ impl Cluster for ClusterService {
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        access::admin(&self.node, access::caller(&self.node, &request)?.as_ref())?;
+        access::admin(
+            &self.node,
+            access::caller(&self.node, &request).await?.as_ref(),
+        )?;
         let r = request.into_inner();
         check_urls(&r.peer_ur_ls)?;
         let res = self
@@ -97,7 +100,10 @@ impl Cluster for ClusterService {
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        access::admin(&self.node, access::caller(&self.node, &request)?.as_ref())?;
+        access::admin(
+            &self.node,
+            access::caller(&self.node, &request).await?.as_ref(),
+        )?;
         let id = request.into_inner().id;
         let res = self
             .node
@@ -116,7 +122,10 @@ impl Cluster for ClusterService {
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        access::admin(&self.node, access::caller(&self.node, &request)?.as_ref())?;
+        access::admin(
+            &self.node,
+            access::caller(&self.node, &request).await?.as_ref(),
+        )?;
         let r = request.into_inner();
         check_urls(&r.peer_ur_ls)?;
         let res = self
@@ -156,7 +165,10 @@ impl Cluster for ClusterService {
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        access::admin(&self.node, access::caller(&self.node, &request)?.as_ref())?;
+        access::admin(
+            &self.node,
+            access::caller(&self.node, &request).await?.as_ref(),
+        )?;
         let id = request.into_inner().id;
         let res = self
             .node

@@ -156,7 +156,11 @@ impl Kv for KvService {
         if !request.get_ref().serializable {
             guard::not_learner(&self.node)?;
         }
-        let c = access::caller(&self.node, &request)?;
+        let c = if request.get_ref().serializable {
+            access::caller_local(&self.node, &request).await?
+        } else {
+            access::caller(&self.node, &request).await?
+        };
         Ok(Response::new(
             self.do_range(request.into_inner(), c.as_ref()).await?,
         ))
@@ -164,7 +168,7 @@ impl Kv for KvService {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        let c = access::caller(&self.node, &request)?;
+        let c = access::caller(&self.node, &request).await?;
         Ok(Response::new(
             self.do_put(request.into_inner(), c.as_ref()).await?,
         ))
@@ -175,7 +179,7 @@ impl Kv for KvService {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        let c = access::caller(&self.node, &request)?;
+        let c = access::caller(&self.node, &request).await?;
         Ok(Response::new(
             self.do_delete(request.into_inner(), c.as_ref()).await?,
         ))
@@ -183,7 +187,7 @@ impl Kv for KvService {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        let c = access::caller(&self.node, &request)?;
+        let c = access::caller(&self.node, &request).await?;
         Ok(Response::new(
             self.do_txn(request.into_inner(), c.as_ref()).await?,
         ))
@@ -194,7 +198,7 @@ impl Kv for KvService {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        let c = access::caller(&self.node, &request)?;
+        let c = access::caller(&self.node, &request).await?;
         Ok(Response::new(
             self.do_compact(request.into_inner(), c.as_ref()).await?,
         ))

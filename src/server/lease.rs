@@ -175,7 +175,7 @@ impl Lease for LeaseService {
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        let c = access::caller(&self.node, &request)?;
+        let c = access::caller(&self.node, &request).await?;
         Ok(Response::new(
             revoke(&self.node, request.into_inner(), c.as_ref()).await?,
         ))
@@ -216,7 +216,7 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        let c = access::caller(&self.node, &request)?;
+        let c = access::caller(&self.node, &request).await?;
         Ok(Response::new(
             time_to_live(&self.node, request.into_inner(), c.as_ref()).await?,
         ))

@@ -92,7 +92,10 @@ impl Maintenance for MaintenanceService {
         request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        access::admin(&self.node, access::caller(&self.node, &request)?.as_ref())?;
+        access::admin(
+            &self.node,
+            access::caller(&self.node, &request).await?.as_ref(),
+        )?;
         let storage = self.node.storage.clone();
         tokio::task::spawn_blocking(move || storage.compact_all())
             .await
@@ -105,7 +108,10 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        access::admin(&self.node, access::caller(&self.node, &request)?.as_ref())?;
+        access::admin(
+            &self.node,
+            access::caller(&self.node, &request).await?.as_ref(),
+        )?;
         let (hash, _, _) = self.node.mvcc.hash_kv(0).map_err(EtcdError::from)?;
         Ok(Response::new(HashResponse {
             header: self.header(),
@@ -118,7 +124,10 @@ impl Maintenance for MaintenanceService {
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        access::admin(&self.node, access::caller(&self.node, &request)?.as_ref())?;
+        access::admin(
+            &self.node,
+            access::caller(&self.node, &request).await?.as_ref(),
+        )?;
         let (hash, compact_revision, hash_revision) = self
             .node
             .mvcc
@@ -149,7 +158,10 @@ impl Maintenance for MaintenanceService {
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        access::admin(&self.node, access::caller(&self.node, &request)?.as_ref())?;
+        access::admin(
+            &self.node,
+            access::caller(&self.node, &request).await?.as_ref(),
+        )?;
         let target = request.get_ref().target_id;
         let raft = &self.node.raft;
         if !raft.is_leader() {

@@ -42,6 +42,9 @@ const CATCH_UP_BATCH: usize = 1000;
 const STREAM_BUFFER: usize = 128;
 /// etcd's reason for a client-chosen watch ID that is already in use on the stream.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// etcd's cancel reason for a create the caller may not make (any auth failure).
+const PERMISSION_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 /// Election timeouts without a leader before a `hasleader` stream is cancelled.
 const NO_LEADER_TICKS: u32 = 3;
 /// etcd's reason for a watch whose range end is not above its key.
@@ -75,9 +78,8 @@ impl Watch for WatchService {
         guard::voter_rpc(&self.node, &request)?;
         let require_leader = guard::wants_leader(&request);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let caller = access::caller(&self.node, &request)?;
         let mut stream = WatchStreamTask::new(self.node.clone(), tx);
-        stream.caller = caller;
+        stream.token = access::token(&request);
         tokio::spawn(stream.run(request.into_inner(), require_leader));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -121,8 +123,9 @@ struct WatchStreamTask {
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
-    /// Who opened the stream, when authentication is on: every create needs READ on its range.
-    caller: Option<crate::auth::Caller>,
+    /// The auth token the stream was opened with: every create needs READ on its range for the
+    /// user it names (resolved at each create, as etcd's).
+    token: Option<String>,
     /// The highest revision this stream has processed (delivered to every watcher wanting it).
     seen: i64,
 }
@@ -149,7 +152,7 @@ impl WatchStreamTask {
             tx,
             watchers: BTreeMap::new(),
             next_id: 0,
-            caller: None,
+            token: None,
             seen: 0,
         }
     }
@@ -284,14 +287,28 @@ impl WatchStreamTask {
         if !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end {
             return self.refuse_create(current, EMPTY_RANGE).await;
         }
-        if let Some(caller) = &self.caller {
-            let check = self
-                .node
-                .auth
-                .check(caller, crate::auth::Access::Read, &key, &c.range_end);
-            if let Err(e) = check {
-                let reason = EtcdError::from(e).to_string();
-                return self.refuse_create(current, &reason).await;
+        if self.node.auth.enabled() || self.token.is_some() {
+            let caller = match &self.token {
+                Some(t) => self.node.auth.resolve(t),
+                None => Ok(crate::auth::Caller::default()),
+            };
+            let check = caller.and_then(|caller| {
+                self.node
+                    .auth
+                    .check(&caller, crate::auth::Access::Read, &key, &c.range_end)
+            });
+            if check.is_err() {
+                // As etcd: whatever the cause, the requested ID and a PermissionDenied reason.
+                return self
+                    .send(WatchResponse {
+                        header: self.header(current),
+                        watch_id: c.watch_id,
+                        created: true,
+                        canceled: true,
+                        cancel_reason: PERMISSION_DENIED.to_string(),
+                        ..Default::default()
+                    })
+                    .await;
             }
         }
         let id = if c.watch_id != 0 {

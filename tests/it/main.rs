@@ -2,6 +2,7 @@
 //! the real `etcdctl` 3.5 and the `etcd-client` crate, and compared side by side with the real etcd.
 
 mod auth;
+mod auth_enforce;
 mod auth_jwt;
 mod cli;
 mod cluster;
