@@ -10,6 +10,8 @@ use tonic::{Request, Response, Status};
 
 use super::error::EtcdError;
 use super::{access, guard};
+use crate::auth::AuthError;
+
 use crate::node::Node;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
@@ -18,6 +20,19 @@ use crate::proto::etcdserverpb::{
     MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
     StatusResponse,
 };
+
+/// The admin check of etcd's maintenance service, which (unlike every other service) returns
+/// the auth store's error unconverted: code Unknown, text `auth: ...`.
+async fn maintenance_admin<T>(node: &Node, req: &Request<T>) -> Result<(), Status> {
+    let unconverted = |e: EtcdError| match e {
+        EtcdError::Auth(a @ (AuthError::PermissionDenied | AuthError::UserEmpty)) => {
+            Status::unknown(format!("auth: {a}"))
+        }
+        other => other.into(),
+    };
+    let c = access::caller(node, req).await.map_err(unconverted)?;
+    access::admin(node, c.as_ref()).map_err(unconverted)
+}
 
 /// The etcd server version oxcd reports (its API level).
 pub const REPORTED_VERSION: &str = "3.5.0";
@@ -92,10 +107,7 @@ impl Maintenance for MaintenanceService {
         request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        access::admin(
-            &self.node,
-            access::caller(&self.node, &request).await?.as_ref(),
-        )?;
+        maintenance_admin(&self.node, &request).await?;
         let storage = self.node.storage.clone();
         tokio::task::spawn_blocking(move || storage.compact_all())
             .await
@@ -108,10 +120,7 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        access::admin(
-            &self.node,
-            access::caller(&self.node, &request).await?.as_ref(),
-        )?;
+        maintenance_admin(&self.node, &request).await?;
         let (hash, _, _) = self.node.mvcc.hash_kv(0).map_err(EtcdError::from)?;
         Ok(Response::new(HashResponse {
             header: self.header(),
@@ -124,10 +133,7 @@ impl Maintenance for MaintenanceService {
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        access::admin(
-            &self.node,
-            access::caller(&self.node, &request).await?.as_ref(),
-        )?;
+        maintenance_admin(&self.node, &request).await?;
         let (hash, compact_revision, hash_revision) = self
             .node
             .mvcc
@@ -158,10 +164,7 @@ impl Maintenance for MaintenanceService {
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        access::admin(
-            &self.node,
-            access::caller(&self.node, &request).await?.as_ref(),
-        )?;
+        maintenance_admin(&self.node, &request).await?;
         let target = request.get_ref().target_id;
         let raft = &self.node.raft;
         if !raft.is_leader() {
