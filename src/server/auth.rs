@@ -114,6 +114,12 @@ impl Auth for AuthService {
 
     async fn authenticate(&self, request: Request<AuthenticateRequest>) -> R<AuthenticateResponse> {
         guard::voter_rpc(&self.node, &request)?;
+        // Answer from an auth store that has caught up with the leader (`auth enable` or a new
+        // user acknowledged through another member must count).
+        self.node
+            .linearizable_barrier()
+            .await
+            .map_err(EtcdError::from)?;
         if !self.node.auth.enabled() {
             return Err(EtcdError::from(AuthError::AuthNotEnabled).into());
         }
@@ -225,7 +231,11 @@ impl Auth for AuthService {
     ) -> R<AuthUserChangePasswordResponse> {
         self.admin(&request).await?;
         let r = request.into_inner();
-        // Refuse an unknown user before spending a bcrypt hash on it.
+        // Refuse an unknown user before spending a bcrypt hash on it (once caught up).
+        self.node
+            .linearizable_barrier()
+            .await
+            .map_err(EtcdError::from)?;
         self.node.auth.user(&r.name).map_err(EtcdError::from)?;
         let hashed_password = if r.hashed_password.is_empty() {
             self.hash(r.password).await?
