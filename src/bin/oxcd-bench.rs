@@ -47,6 +47,9 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// `name:password`: authenticate once and send the token with every put and range.
+    #[arg(long, global = true)]
+    user: Option<String>,
     /// What to run.
     #[command(subcommand)]
     cmd: Cmd,
@@ -599,7 +602,24 @@ fn key_for(n: u64, key_size: usize, key_space: u64, sequential: bool) -> Vec<u8>
     key
 }
 
-async fn run_one(c: &mut KvClient<Channel>, w: &Work, n: u64) -> Result<(), tonic::Status> {
+/// `msg` carrying the auth token, if there is one.
+fn authed<T>(msg: T, token: Option<&str>) -> Result<tonic::Request<T>, tonic::Status> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        let v = t
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("the auth token is not ASCII"))?;
+        r.metadata_mut().insert("token", v);
+    }
+    Ok(r)
+}
+
+async fn run_one(
+    c: &mut KvClient<Channel>,
+    w: &Work,
+    n: u64,
+    token: Option<&str>,
+) -> Result<(), tonic::Status> {
     match w {
         Work::Put {
             key_size,
@@ -608,15 +628,14 @@ async fn run_one(c: &mut KvClient<Channel>, w: &Work, n: u64) -> Result<(), toni
             sequential,
         } => {
             let key = key_for(n, *key_size, *key_space, *sequential);
-            c.put(PutRequest {
+            let req = PutRequest {
                 key,
                 value: value.clone(),
                 ..Default::default()
-            })
-            .await
-            .map(|_| ())
+            };
+            c.put(authed(req, token)?).await.map(|_| ())
         }
-        Work::Range(r) => c.range(r.clone()).await.map(|_| ()),
+        Work::Range(r) => c.range(authed(r.clone(), token)?).await.map(|_| ()),
     }
 }
 
@@ -630,6 +649,23 @@ struct Report {
 
 async fn load(args: &Args, work: Work, total: u64) -> Result<Report, BenchError> {
     let chans = channels(&args.endpoints, args.conns)?;
+    let token: Option<Arc<str>> = match &args.user {
+        None => None,
+        Some(u) => {
+            let (name, password) = u
+                .split_once(':')
+                .ok_or_else(|| BenchError::Usage("--user wants name:password".to_string()))?;
+            let mut a = oxcd::proto::etcdserverpb::auth_client::AuthClient::new(chans[0].clone());
+            let r = a
+                .authenticate(oxcd::proto::etcdserverpb::AuthenticateRequest {
+                    name: name.to_string(),
+                    password: password.to_string(),
+                })
+                .await
+                .map_err(|e| BenchError::Usage(format!("authenticate: {}", e.message())))?;
+            Some(Arc::from(r.into_inner().token))
+        }
+    };
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -639,6 +675,7 @@ async fn load(args: &Args, work: Work, total: u64) -> Result<Report, BenchError>
         let next = next.clone();
         let errors = errors.clone();
         let work = work.clone();
+        let token = token.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).ok();
             let mut first_error = None;
@@ -648,7 +685,7 @@ async fn load(args: &Args, work: Work, total: u64) -> Result<Report, BenchError>
                     break;
                 }
                 let t = Instant::now();
-                match run_one(&mut client, &work, n).await {
+                match run_one(&mut client, &work, n, token.as_deref()).await {
                     Ok(()) => {
                         if let Some(h) = hist.as_mut() {
                             let _ = h.record(t.elapsed().as_micros() as u64);
