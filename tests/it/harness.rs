@@ -345,12 +345,7 @@ impl Member {
     /// Sends `signal` (e.g. "STOP", "CONT") to the process.
     pub fn signal(&self, signal: &str) {
         if let Some(pid) = self.pid() {
-            let st = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(pid.to_string())
-                .status()
-                .expect("run kill");
-            assert!(st.success(), "kill -{signal} {pid}");
+            send_signal(pid, signal);
         }
     }
 
@@ -668,13 +663,7 @@ impl CtlProc {
     /// Sends `signal` (e.g. "INT", "TERM") to the etcdctl process: `lock` unlocks on SIGINT and
     /// `elect` resigns on SIGINT or SIGTERM before exiting.
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.id();
-        let st = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -{signal} {pid}");
+        send_signal(self.child.id(), signal);
     }
 
     /// SIGKILLs the etcdctl process and reaps it: it cannot clean up, so a lock, election or lease
@@ -723,4 +712,14 @@ impl Drop for CtlProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `signal` (a name such as "STOP" or "INT") to process `pid`.
+fn send_signal(pid: u32, signal: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -{signal} {pid}");
 }
