@@ -50,6 +50,14 @@ pub enum Op {
     LeaseCheckpoint(Pb<LeaseCheckpointRequest>),
     /// A change to users, roles or permissions (passwords already hashed by the proposer).
     Auth(AuthCmd),
+    /// An auth change requested by `by` (the user its token named; `None` without one): it
+    /// applies only if authentication is off, or `by` has the root role when it applies.
+    AuthBy {
+        /// The requesting user.
+        by: Option<String>,
+        /// The change.
+        cmd: AuthCmd,
+    },
     /// A client command whose caller's permissions were checked at auth revision
     /// `auth_revision`: it applies only if authentication is off, or it was checked and the auth
     /// store is still at that revision (otherwise it fails with `revision of auth store is old`,
@@ -77,7 +85,7 @@ impl Op {
             Op::LeaseGrant(r) => r.0.encoded_len(),
             Op::LeaseRevoke(r) => r.0.encoded_len(),
             Op::LeaseCheckpoint(r) => r.0.encoded_len(),
-            Op::Auth(_) => 256,
+            Op::Auth(_) | Op::AuthBy { .. } => 256,
             Op::Guarded { op, .. } => op.size_hint() + 8,
         }
     }
@@ -245,6 +253,12 @@ fn apply_one(w: &mut Writer<'_>, tables: Tables<'_>, op: &Op) -> Result<Applied,
                 leases.checkpoint(w.batch_mut(), c.id, c.remaining_ttl);
             }
             Ok(Applied::Checkpointed)
+        }
+        Op::AuthBy { by, cmd } => {
+            if let Err(e) = tables.auth.admin_at_apply(by.as_deref()) {
+                return Ok(Applied::Failed(e.into()));
+            }
+            apply_one(w, tables, &Op::Auth(cmd.clone()))
         }
         Op::Auth(cmd) => Ok(match tables.auth.apply(w.batch_mut(), cmd) {
             Ok(()) => Applied::AuthChanged {

@@ -193,6 +193,9 @@ impl AuthStore {
             Ok(true)
         })?;
         *self.state.write() = st;
+        // A snapshot may skip the entries that would have ended tokens (password changes,
+        // deletions, `auth disable`): forget them all; clients authenticate again.
+        self.tokens.lock().clear();
         Ok(())
     }
 
@@ -238,9 +241,19 @@ impl AuthStore {
 
     /// Records simple token `token` for `name` at the current auth revision (apply only: every
     /// member learns it). Expired tokens are dropped on the way.
-    fn assign_token(&self, st: &State, name: &str, token: &str) -> Result<(), AuthError> {
+    fn assign_token(
+        &self,
+        st: &State,
+        name: &str,
+        token: &str,
+        revision: u64,
+    ) -> Result<(), AuthError> {
         if !st.enabled {
             return Err(AuthError::AuthNotEnabled);
+        }
+        if st.revision != revision {
+            // The password was checked against an older store (it may have changed since).
+            return Err(AuthError::OldRevision);
         }
         if !st.users.contains_key(name) {
             return Err(AuthError::AuthFailed);
@@ -267,9 +280,9 @@ impl AuthStore {
         self
     }
 
-    /// A JWT for `user` at the current auth revision, when JWT tokens are configured.
-    pub fn mint_jwt(&self, user: &str) -> Option<Result<String, AuthError>> {
-        let revision = self.revision();
+    /// A JWT for `user` at auth revision `revision` (the one its password was checked at), when
+    /// JWT tokens are configured.
+    pub fn mint_jwt(&self, user: &str, revision: u64) -> Option<Result<String, AuthError>> {
         self.jwt.as_ref().map(|j| j.mint(user, revision))
     }
 
@@ -305,14 +318,18 @@ impl AuthStore {
         }
     }
 
-    /// The stored password hash of `name`, if the user exists and has a password.
-    pub fn password_hash(&self, name: &str) -> Option<String> {
+    /// The stored password hash of `name` (if the user exists and has a password) and the auth
+    /// revision it was read at.
+    pub fn password_hash(&self, name: &str) -> (Option<String>, u64) {
         let st = self.state.read();
-        let u = st.users.get(name)?;
-        if u.options.as_ref().is_some_and(|o| o.no_password) || u.password.is_empty() {
-            return None;
-        }
-        String::from_utf8(u.password.clone()).ok()
+        let hash = st.users.get(name).and_then(|u| {
+            if u.options.as_ref().is_some_and(|o| o.no_password) || u.password.is_empty() {
+                None
+            } else {
+                String::from_utf8(u.password.clone()).ok()
+            }
+        });
+        (hash, st.revision)
     }
 
     fn checked_user<'s>(&self, st: &'s State, caller: &Caller) -> Result<&'s User, AuthError> {
@@ -371,6 +388,22 @@ impl AuthStore {
         }
     }
 
+    /// Whether `by` may administer as the store is now (apply only: the check a request passed
+    /// must still hold when its change applies). Always allowed while authentication is off.
+    pub fn admin_at_apply(&self, by: Option<&str>) -> Result<(), AuthError> {
+        let st = self.state.read();
+        if !st.enabled {
+            return Ok(());
+        }
+        let user = by.ok_or(AuthError::UserEmpty)?;
+        let u = st.users.get(user).ok_or(AuthError::PermissionDenied)?;
+        if u.roles.iter().any(|r| r == ROOT) {
+            Ok(())
+        } else {
+            Err(AuthError::PermissionDenied)
+        }
+    }
+
     /// Whether `caller`'s token is valid for the store as it is now (any user).
     pub fn check_caller(&self, caller: &Caller) -> Result<(), AuthError> {
         let st = self.state.read();
@@ -382,9 +415,14 @@ impl AuthStore {
 
     /// Applies one command to `batch` (apply only). Every check runs before the first change.
     pub fn apply(&self, batch: &mut Batch, cmd: &AuthCmd) -> Result<(), AuthError> {
-        if let AuthCmd::Authenticate { name, token } = cmd {
+        if let AuthCmd::Authenticate {
+            name,
+            token,
+            revision,
+        } = cmd
+        {
             let st = self.state.read();
-            return self.assign_token(&st, name, token);
+            return self.assign_token(&st, name, token, *revision);
         }
         let mut st = self.state.write();
         let changed = match cmd {
@@ -592,6 +630,9 @@ pub enum AuthCmd {
         name: String,
         /// The token.
         token: String,
+        /// The auth revision the password was checked at: the token is refused if the store
+        /// moved on meanwhile (the password may have changed).
+        revision: u64,
     },
     /// Turn authentication on (needs user `root` with role `root`).
     Enable,

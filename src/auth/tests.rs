@@ -207,6 +207,7 @@ fn a_simple_token_lives_its_ttl_after_its_last_use() {
     let login = |token: &str| AuthCmd::Authenticate {
         name: "root".to_string(),
         token: token.to_string(),
+        revision: store.revision(),
     };
     assert_eq!(run(login("t.1")), Err(AuthError::AuthNotEnabled));
     run(AuthCmd::Enable).expect("enable");

@@ -47,19 +47,34 @@ impl AuthService {
     }
 
     /// Checks that the caller of `req` may administer (always true while auth is off).
-    async fn admin<T>(&self, req: &Request<T>) -> Result<(), EtcdError> {
+    /// Returns the requesting user (`None` without a token), for the check at apply.
+    async fn admin<T>(&self, req: &Request<T>) -> Result<Option<String>, EtcdError> {
         guard::voter_rpc(&self.node, req)?;
         let c = access::caller(&self.node, req).await?;
-        access::admin(&self.node, c.as_ref())
+        access::admin(&self.node, c.as_ref())?;
+        Ok(c.map(|c| c.user).filter(|u| !u.is_empty()))
     }
 
     fn header(&self) -> Option<ResponseHeader> {
         Some(self.node.header(self.node.mvcc.current_revision()))
     }
 
-    /// Proposes `cmd`; the response header's revision.
+    /// Proposes `cmd` requested by `by` (whose admin right is checked again when it applies).
+    async fn change_as(
+        &self,
+        by: Option<String>,
+        cmd: AuthCmd,
+    ) -> Result<Option<ResponseHeader>, EtcdError> {
+        self.propose(Op::AuthBy { by, cmd }).await
+    }
+
+    /// Proposes `cmd` as is (Authenticate); the response header.
     async fn change(&self, cmd: AuthCmd) -> Result<Option<ResponseHeader>, EtcdError> {
-        match self.node.propose(Op::Auth(cmd)).await? {
+        self.propose(Op::Auth(cmd)).await
+    }
+
+    async fn propose(&self, op: Op) -> Result<Option<ResponseHeader>, EtcdError> {
+        match self.node.propose(op).await? {
             Applied::AuthChanged { revision } => Ok(Some(self.node.header(revision))),
             Applied::Failed(e) => Err(e.into()),
             other => {
@@ -92,14 +107,14 @@ type R<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl Auth for AuthService {
     async fn auth_enable(&self, request: Request<AuthEnableRequest>) -> R<AuthEnableResponse> {
-        self.admin(&request).await?;
-        let header = self.change(AuthCmd::Enable).await?;
+        let by = self.admin(&request).await?;
+        let header = self.change_as(by, AuthCmd::Enable).await?;
         Ok(Response::new(AuthEnableResponse { header }))
     }
 
     async fn auth_disable(&self, request: Request<AuthDisableRequest>) -> R<AuthDisableResponse> {
-        self.admin(&request).await?;
-        let header = self.change(AuthCmd::Disable).await?;
+        let by = self.admin(&request).await?;
+        let header = self.change_as(by, AuthCmd::Disable).await?;
         Ok(Response::new(AuthDisableResponse { header }))
     }
 
@@ -124,44 +139,59 @@ impl Auth for AuthService {
             return Err(EtcdError::from(AuthError::AuthNotEnabled).into());
         }
         let r = request.into_inner();
-        let (hash, known) = match self.node.auth.password_hash(&r.name) {
-            Some(h) => (h, true),
-            None => (self.dummy_hash.to_string(), false),
-        };
-        let password = r.password;
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
-            .await
-            .map_err(|e| EtcdError::Internal(format!("password check stopped: {e}")))?
-            .unwrap_or(false);
-        if !(ok && known) {
-            return Err(EtcdError::from(AuthError::AuthFailed).into());
-        }
-        if let Some(token) = self.node.auth.mint_jwt(&r.name) {
-            // A JWT carries everything: no member needs to be told about it.
-            return Ok(Response::new(AuthenticateResponse {
-                header: self.header(),
-                token: token.map_err(EtcdError::from)?,
-            }));
-        }
-        let letters: String = rand::thread_rng()
-            .sample_iter(rand::distributions::Alphanumeric)
-            .filter(|c| c.is_ascii_alphabetic())
-            .take(16)
-            .map(char::from)
-            .collect();
-        let n = self.tokens_issued.fetch_add(1, Ordering::Relaxed) + 1;
-        let token = format!("{letters}.{n}");
-        let header = self
-            .change(AuthCmd::Authenticate {
-                name: r.name,
+        // As etcd: if the store moves on between the password check and the token (the
+        // password may have changed), check again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (hash, revision) = self.node.auth.password_hash(&r.name);
+            let (hash, known) = match hash {
+                Some(h) => (h, true),
+                None => (self.dummy_hash.to_string(), false),
+            };
+            let password = r.password.clone();
+            let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+                .await
+                .map_err(|e| EtcdError::Internal(format!("password check stopped: {e}")))?
+                .unwrap_or(false);
+            if !(ok && known) {
+                return Err(EtcdError::from(AuthError::AuthFailed).into());
+            }
+            if let Some(token) = self.node.auth.mint_jwt(&r.name, revision) {
+                // A JWT carries everything (its revision included): no member needs telling.
+                return Ok(Response::new(AuthenticateResponse {
+                    header: self.header(),
+                    token: token.map_err(EtcdError::from)?,
+                }));
+            }
+            let letters: String = rand::thread_rng()
+                .sample_iter(rand::distributions::Alphanumeric)
+                .filter(|c| c.is_ascii_alphabetic())
+                .take(16)
+                .map(char::from)
+                .collect();
+            let n = self.tokens_issued.fetch_add(1, Ordering::Relaxed) + 1;
+            let token = format!("{letters}.{n}");
+            let cmd = AuthCmd::Authenticate {
+                name: r.name.clone(),
                 token: token.clone(),
-            })
-            .await?;
-        Ok(Response::new(AuthenticateResponse { header, token }))
+                revision,
+            };
+            match self.change(cmd).await {
+                Ok(header) => return Ok(Response::new(AuthenticateResponse { header, token })),
+                Err(EtcdError::Auth(AuthError::OldRevision)) if attempts < 3 => {
+                    self.node
+                        .linearizable_barrier()
+                        .await
+                        .map_err(EtcdError::from)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     async fn user_add(&self, request: Request<AuthUserAddRequest>) -> R<AuthUserAddResponse> {
-        self.admin(&request).await?;
+        let by = self.admin(&request).await?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(EtcdError::Auth(crate::auth::AuthError::UserEmpty).into());
@@ -175,11 +205,14 @@ impl Auth for AuthService {
             self.hash(r.password).await?
         };
         let header = self
-            .change(AuthCmd::UserAdd {
-                name: r.name,
-                hashed_password,
-                no_password,
-            })
+            .change_as(
+                by,
+                AuthCmd::UserAdd {
+                    name: r.name,
+                    hashed_password,
+                    no_password,
+                },
+            )
             .await?;
         Ok(Response::new(AuthUserAddResponse { header }))
     }
@@ -219,9 +252,9 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserDeleteRequest>,
     ) -> R<AuthUserDeleteResponse> {
-        self.admin(&request).await?;
+        let by = self.admin(&request).await?;
         let name = request.into_inner().name;
-        let header = self.change(AuthCmd::UserDelete { name }).await?;
+        let header = self.change_as(by, AuthCmd::UserDelete { name }).await?;
         Ok(Response::new(AuthUserDeleteResponse { header }))
     }
 
@@ -229,7 +262,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserChangePasswordRequest>,
     ) -> R<AuthUserChangePasswordResponse> {
-        self.admin(&request).await?;
+        let by = self.admin(&request).await?;
         let r = request.into_inner();
         // Refuse an unknown user before spending a bcrypt hash on it (once caught up).
         self.node
@@ -243,10 +276,13 @@ impl Auth for AuthService {
             r.hashed_password
         };
         let header = self
-            .change(AuthCmd::UserChangePassword {
-                name: r.name,
-                hashed_password,
-            })
+            .change_as(
+                by,
+                AuthCmd::UserChangePassword {
+                    name: r.name,
+                    hashed_password,
+                },
+            )
             .await?;
         Ok(Response::new(AuthUserChangePasswordResponse { header }))
     }
@@ -255,13 +291,16 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserGrantRoleRequest>,
     ) -> R<AuthUserGrantRoleResponse> {
-        self.admin(&request).await?;
+        let by = self.admin(&request).await?;
         let r = request.into_inner();
         let header = self
-            .change(AuthCmd::UserGrantRole {
-                user: r.user,
-                role: r.role,
-            })
+            .change_as(
+                by,
+                AuthCmd::UserGrantRole {
+                    user: r.user,
+                    role: r.role,
+                },
+            )
             .await?;
         Ok(Response::new(AuthUserGrantRoleResponse { header }))
     }
@@ -270,21 +309,24 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserRevokeRoleRequest>,
     ) -> R<AuthUserRevokeRoleResponse> {
-        self.admin(&request).await?;
+        let by = self.admin(&request).await?;
         let r = request.into_inner();
         let header = self
-            .change(AuthCmd::UserRevokeRole {
-                name: r.name,
-                role: r.role,
-            })
+            .change_as(
+                by,
+                AuthCmd::UserRevokeRole {
+                    name: r.name,
+                    role: r.role,
+                },
+            )
             .await?;
         Ok(Response::new(AuthUserRevokeRoleResponse { header }))
     }
 
     async fn role_add(&self, request: Request<AuthRoleAddRequest>) -> R<AuthRoleAddResponse> {
-        self.admin(&request).await?;
+        let by = self.admin(&request).await?;
         let name = request.into_inner().name;
-        let header = self.change(AuthCmd::RoleAdd { name }).await?;
+        let header = self.change_as(by, AuthCmd::RoleAdd { name }).await?;
         Ok(Response::new(AuthRoleAddResponse { header }))
     }
 
@@ -329,9 +371,9 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleDeleteRequest>,
     ) -> R<AuthRoleDeleteResponse> {
-        self.admin(&request).await?;
+        let by = self.admin(&request).await?;
         let role = request.into_inner().role;
-        let header = self.change(AuthCmd::RoleDelete { role }).await?;
+        let header = self.change_as(by, AuthCmd::RoleDelete { role }).await?;
         Ok(Response::new(AuthRoleDeleteResponse { header }))
     }
 
@@ -339,16 +381,19 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleGrantPermissionRequest>,
     ) -> R<AuthRoleGrantPermissionResponse> {
-        self.admin(&request).await?;
+        let by = self.admin(&request).await?;
         let r = request.into_inner();
         let perm = r.perm.ok_or(EtcdError::PermissionNotGiven)?;
         let header = self
-            .change(AuthCmd::RoleGrantPermission {
-                name: r.name,
-                perm_type: perm.perm_type,
-                key: perm.key,
-                range_end: perm.range_end,
-            })
+            .change_as(
+                by,
+                AuthCmd::RoleGrantPermission {
+                    name: r.name,
+                    perm_type: perm.perm_type,
+                    key: perm.key,
+                    range_end: perm.range_end,
+                },
+            )
             .await?;
         Ok(Response::new(AuthRoleGrantPermissionResponse { header }))
     }
@@ -357,14 +402,17 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleRevokePermissionRequest>,
     ) -> R<AuthRoleRevokePermissionResponse> {
-        self.admin(&request).await?;
+        let by = self.admin(&request).await?;
         let r = request.into_inner();
         let header = self
-            .change(AuthCmd::RoleRevokePermission {
-                role: r.role,
-                key: r.key,
-                range_end: r.range_end,
-            })
+            .change_as(
+                by,
+                AuthCmd::RoleRevokePermission {
+                    role: r.role,
+                    key: r.key,
+                    range_end: r.range_end,
+                },
+            )
             .await?;
         Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
     }

@@ -43,18 +43,23 @@ impl KvService {
         }
     }
 
-    /// Serves a Range (shared with the gateway later).
+    /// Serves a Range (shared with the gateway later). For a linearizable read the caller must
+    /// already have waited for this member to catch up (`linearizable_barrier`) and resolved
+    /// `c` after that, so the permission check and the read see the same state.
     pub async fn do_range(
         &self,
         r: RangeRequest,
         c: Option<&Caller>,
     ) -> Result<RangeResponse, EtcdError> {
         validate::range(&r)?;
-        if let Some(c) = c {
+        // Without a token while authentication is on, the caller is nobody.
+        let caller = match c {
+            Some(c) => Some(c.clone()),
+            None if self.node.auth.enabled() => Some(Caller::default()),
+            None => None,
+        };
+        if let Some(c) = &caller {
             access::range(&self.node, c, &r)?;
-        }
-        if !r.serializable {
-            self.node.linearizable_barrier().await?;
         }
         let res = self.node.mvcc.range(&r)?;
         Ok(RangeResponse {
@@ -156,11 +161,15 @@ impl Kv for KvService {
         if !request.get_ref().serializable {
             guard::not_learner(&self.node)?;
         }
-        let c = if request.get_ref().serializable {
-            access::caller_local(&self.node, &request).await?
-        } else {
-            access::caller(&self.node, &request).await?
-        };
+        // Catch up first (linearizable reads), then resolve the caller and check: the check
+        // and the read see the same state.
+        if !request.get_ref().serializable {
+            self.node
+                .linearizable_barrier()
+                .await
+                .map_err(EtcdError::from)?;
+        }
+        let c = access::caller_local(&self.node, &request).await?;
         Ok(Response::new(
             self.do_range(request.into_inner(), c.as_ref()).await?,
         ))

@@ -10,7 +10,6 @@ use tonic::{Request, Response, Status};
 
 use super::error::EtcdError;
 use super::{access, guard};
-use crate::auth::AuthError;
 
 use crate::node::Node;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
@@ -25,9 +24,7 @@ use crate::proto::etcdserverpb::{
 /// the auth store's error unconverted: code Unknown, text `auth: ...`.
 async fn maintenance_admin<T>(node: &Node, req: &Request<T>) -> Result<(), Status> {
     let unconverted = |e: EtcdError| match e {
-        EtcdError::Auth(a @ (AuthError::PermissionDenied | AuthError::UserEmpty)) => {
-            Status::unknown(format!("auth: {a}"))
-        }
+        EtcdError::Auth(a) => Status::unknown(format!("auth: {a}")),
         other => other.into(),
     };
     let c = access::caller(node, req).await.map_err(unconverted)?;

@@ -381,13 +381,14 @@ async fn learner_add_catch_up_promote_and_remove() {
         promoted.stdout.contains("promoted in cluster"),
         "{promoted:?}"
     );
+    // The new member publishes its name and client URLs on its own schedule (with backoff):
+    // wait until the list shows all four started.
+    wait_until("four started members", WAIT, || {
+        let list = etcdctl(&eps, &["member", "list"]);
+        async move { list.stdout.matches(", started, ").count() == 4 }
+    })
+    .await;
     let list = etcdctl(&eps, &["member", "list"]);
-    assert_eq!(
-        list.stdout.matches(", started, ").count(),
-        4,
-        "{}",
-        list.stdout
-    );
     assert!(
         !list.stdout.contains("true"),
         "no learner remains: {}",
