@@ -13,7 +13,7 @@
 
 mod pb;
 
-use crate::auth::{AuthCmd, AuthError, AuthStore};
+use crate::auth::{Access, AuthCmd, AuthError, AuthStore, Caller};
 use crate::lease::{LeaseError, Lessor};
 use crate::mvcc::{Mvcc, MvccError, ReadError, TxnState, Writer};
 use crate::proto::etcdserverpb::{
@@ -67,6 +67,8 @@ pub enum Op {
         auth_revision: u64,
         /// Whether authentication was on, and the caller checked.
         checked: bool,
+        /// The checked caller's user name (empty when unchecked).
+        user: String,
         /// The command.
         op: Box<Op>,
     },
@@ -269,6 +271,7 @@ fn apply_one(w: &mut Writer<'_>, tables: Tables<'_>, op: &Op) -> Result<Applied,
         Op::Guarded {
             auth_revision,
             checked,
+            user,
             op,
         } => {
             if tables.auth.enabled() {
@@ -278,6 +281,19 @@ fn apply_one(w: &mut Writer<'_>, tables: Tables<'_>, op: &Op) -> Result<Applied,
                 }
                 if tables.auth.revision() != *auth_revision {
                     return Ok(Applied::Failed(AuthError::OldRevision.into()));
+                }
+                // A lease's keys may have changed since the check (as etcd, at apply): a revoke
+                // needs WRITE on every key it would delete now.
+                if let Op::LeaseRevoke(req) = op.as_ref() {
+                    let caller = Caller {
+                        user: user.clone(),
+                        revision: *auth_revision,
+                    };
+                    for key in leases.keys(req.0.id).unwrap_or_default() {
+                        if let Err(e) = tables.auth.check(&caller, Access::Write, &key, &[]) {
+                            return Ok(Applied::Failed(e.into()));
+                        }
+                    }
                 }
             }
             apply_one(w, tables, op)
@@ -722,6 +738,11 @@ mod tests {
         let guarded = |rev: u64, checked: bool, key: &str| Op::Guarded {
             auth_revision: rev,
             checked,
+            user: if checked {
+                "root".to_string()
+            } else {
+                String::new()
+            },
             op: Box::new(put(key, 0)),
         };
         // Auth is still off: the revision moved, but nothing is checked.
@@ -748,5 +769,70 @@ mod tests {
             Applied::Put(_)
         ));
         assert_eq!(f.keys(), ["a@0", "c@0"]);
+    }
+
+    #[test]
+    fn a_guarded_lease_revoke_needs_write_on_the_keys_attached_when_it_applies() {
+        let f = fixture();
+        let cmds = [
+            AuthCmd::RoleAdd {
+                name: "root".to_string(),
+            },
+            AuthCmd::RoleAdd {
+                name: "a-writer".to_string(),
+            },
+            AuthCmd::RoleGrantPermission {
+                name: "a-writer".to_string(),
+                perm_type: 1,
+                key: b"a".to_vec(),
+                range_end: Vec::new(),
+            },
+            AuthCmd::UserAdd {
+                name: "root".to_string(),
+                hashed_password: "$2b$04$x".to_string(),
+                no_password: false,
+            },
+            AuthCmd::UserAdd {
+                name: "u".to_string(),
+                hashed_password: "$2b$04$x".to_string(),
+                no_password: false,
+            },
+            AuthCmd::UserGrantRole {
+                user: "root".to_string(),
+                role: "root".to_string(),
+            },
+            AuthCmd::UserGrantRole {
+                user: "u".to_string(),
+                role: "a-writer".to_string(),
+            },
+            AuthCmd::Enable,
+        ];
+        for cmd in cmds {
+            assert!(matches!(
+                f.apply(Op::Auth(cmd)),
+                Applied::AuthChanged { .. }
+            ));
+        }
+        f.apply(grant(7, 60));
+        f.apply(put("a", 7));
+        let revoke_by_u = || Op::Guarded {
+            auth_revision: f.auth.revision(),
+            checked: true,
+            user: "u".to_string(),
+            op: Box::new(revoke(7)),
+        };
+        // Someone attached a key `u` may not write after `u`'s request was checked.
+        f.apply(put("z", 7));
+        assert_eq!(
+            f.apply(revoke_by_u()),
+            Applied::Failed(AuthError::PermissionDenied.into())
+        );
+        assert_eq!(f.keys(), ["a@7", "z@7"]);
+        f.apply(put("z", 0));
+        assert!(matches!(
+            f.apply(revoke_by_u()),
+            Applied::LeaseRevoked { .. }
+        ));
+        assert_eq!(f.keys(), ["z@0"]);
     }
 }

@@ -70,11 +70,15 @@ pub fn range(node: &Node, c: &Caller, r: &RangeRequest) -> Result<(), EtcdError>
     check(node, c, Access::Read, &r.key, &r.range_end)
 }
 
-/// A Put needs WRITE on its key, and READ too when it asks for the previous value.
+/// A Put needs WRITE on its key, READ too when it asks for the previous value, and (as etcd)
+/// WRITE on every key already attached to the lease it attaches the key to.
 pub fn put(node: &Node, c: &Caller, r: &PutRequest) -> Result<(), EtcdError> {
     check(node, c, Access::Write, &r.key, &[])?;
     if r.prev_kv {
         check(node, c, Access::Read, &r.key, &[])?;
+    }
+    if r.lease != 0 {
+        lease_keys(node, c, r.lease, Access::Write)?;
     }
     Ok(())
 }
@@ -125,9 +129,14 @@ pub fn admin(node: &Node, c: Option<&Caller>) -> Result<(), EtcdError> {
 /// current one when authentication was off, so a write that raced with `auth enable` is
 /// refused rather than applied unchecked).
 pub fn guarded(node: &Node, op: Op, c: Option<&Caller>) -> Op {
+    let checked = c.is_some() && node.auth.enabled();
     Op::Guarded {
         auth_revision: c.map_or_else(|| node.auth.revision(), |c| c.revision),
-        checked: c.is_some() && node.auth.enabled(),
+        checked,
+        user: c
+            .filter(|_| checked)
+            .map(|c| c.user.clone())
+            .unwrap_or_default(),
         op: Box::new(op),
     }
 }
