@@ -446,6 +446,45 @@ fn history_until(first: CtlProc, ep: &str, args: &[&str], last: &str) -> Vec<Str
     }
 }
 
+/// A lease kept alive through one member, a key on it, and a watcher on another member.
+struct KeptAlive {
+    /// The lease ID as etcdctl prints it.
+    id: String,
+    /// `etcdctl lease keep-alive <id>` through the first member (one renewal already seen).
+    keepalive: CtlProc,
+    /// `etcdctl watch --prefix <key> --rev=<the put's revision>` through the second member.
+    watcher: CtlProc,
+    /// The watcher's arguments, to start it again from the same revision.
+    watch_args: Vec<String>,
+}
+
+/// Grants a `ttl`-second lease through `fep`, keeps it alive there, puts `key` under it, and
+/// watches `key` through `gep` from the put's revision.
+fn kept_alive_key(fep: &str, gep: &str, ttl: u64, key: &str) -> KeptAlive {
+    let id = granted(&etcdctl(fep, &["lease", "grant", &ttl.to_string()]), ttl);
+    let keepalive = CtlProc::spawn(fep, &["lease", "keep-alive", &id], None);
+    keepalives(&keepalive, &id, ttl, 1);
+    let put = etcdctl(fep, &["put", &format!("--lease={id}"), key, "v"]);
+    assert_eq!(put.stdout, "OK\n", "{put:?}");
+    let put_rev = get_json(fep, key)["kvs"][0]["mod_revision"]
+        .as_i64()
+        .expect("kvs[0].mod_revision");
+    let watch_args = vec![
+        "watch".to_string(),
+        "--prefix".to_string(),
+        key.to_string(),
+        format!("--rev={put_rev}"),
+    ];
+    let args: Vec<&str> = watch_args.iter().map(String::as_str).collect();
+    let watcher = CtlProc::spawn(gep, &args, None);
+    KeptAlive {
+        id,
+        keepalive,
+        watcher,
+        watch_args,
+    }
+}
+
 /// A 3 s lease kept alive only by `etcdctl lease keep-alive` through a follower outlives its TTL
 /// many times over, also across a SIGKILL of the leader and the election that follows; once the
 /// keep-alive is killed the lease expires and its key goes from every surviving member, and a
@@ -459,17 +498,13 @@ async fn keepalive_through_follower_survives_leader_kill_then_expires_once() {
     let fep = c.members[f].endpoint();
     let gep = c.members[g].endpoint();
 
-    let id = granted(&etcdctl(&fep, &["lease", "grant", "3"]), 3);
-    let mut ka = CtlProc::spawn(&fep, &["lease", "keep-alive", &id], None);
-    keepalives(&ka, &id, 3, 1);
-    let put = etcdctl(&fep, &["put", &format!("--lease={id}"), "ka", "v"]);
-    assert_eq!(put.stdout, "OK\n", "{put:?}");
-    let put_rev = get_json(&fep, "ka")["kvs"][0]["mod_revision"]
-        .as_i64()
-        .expect("kvs[0].mod_revision");
-    let rev_flag = format!("--rev={put_rev}");
-    let watch_args = ["watch", "--prefix", "ka", rev_flag.as_str()];
-    let watcher = CtlProc::spawn(&gep, &watch_args, None);
+    let KeptAlive {
+        id,
+        keepalive: mut ka,
+        watcher,
+        watch_args,
+    } = kept_alive_key(&fep, &gep, 3, "ka");
+    let watch_args: Vec<&str> = watch_args.iter().map(String::as_str).collect();
 
     // Seven renewals, each at least TTL/3 = 1 s after the one before: over twice the TTL.
     keepalives(&ka, &id, 3, 7);
@@ -825,17 +860,13 @@ async fn a_deposed_leader_never_revokes_a_lease_kept_alive_elsewhere() {
     let (f, g) = ((old + 1) % 3, (old + 2) % 3);
     let (fep, gep) = (c.members[f].endpoint(), c.members[g].endpoint());
 
-    let id = granted(&etcdctl(&fep, &["lease", "grant", "2"]), 2);
-    let mut ka = CtlProc::spawn(&fep, &["lease", "keep-alive", &id], None);
-    keepalives(&ka, &id, 2, 1);
-    let put = etcdctl(&fep, &["put", &format!("--lease={id}"), "dl", "v"]);
-    assert_eq!(put.stdout, "OK\n", "{put:?}");
-    let put_rev = get_json(&fep, "dl")["kvs"][0]["mod_revision"]
-        .as_i64()
-        .expect("kvs[0].mod_revision");
-    let rev_flag = format!("--rev={put_rev}");
-    let watch_args = ["watch", "--prefix", "dl", rev_flag.as_str()];
-    let watcher = CtlProc::spawn(&gep, &watch_args, None);
+    let KeptAlive {
+        id,
+        keepalive: mut ka,
+        watcher,
+        watch_args,
+    } = kept_alive_key(&fep, &gep, 2, "dl");
+    let watch_args: Vec<&str> = watch_args.iter().map(String::as_str).collect();
 
     c.members[old].signal("STOP");
     // Renewals keep coming through the follower once the other two have a leader; six of them
