@@ -113,9 +113,9 @@ struct State {
 pub struct AuthStore {
     storage: Storage,
     state: RwLock<State>,
-    /// Simple tokens this member knows: token -> (user, auth revision, expiry). Volatile, as
+    /// Simple tokens this member knows: token -> (user, expiry). Volatile, as
     /// etcd's: a restart forgets them and clients authenticate again.
-    tokens: Mutex<HashMap<String, (String, u64, Instant)>>,
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
     token_ttl: Duration,
     /// JWT tokens instead of simple ones, when configured.
     jwt: Option<jwt::Jwt>,
@@ -239,8 +239,9 @@ impl AuthStore {
         self.state.read().roles.keys().cloned().collect()
     }
 
-    /// Records simple token `token` for `name` at the current auth revision (apply only: every
-    /// member learns it). Expired tokens are dropped on the way.
+    /// Records simple token `token` for `name` if the store is still at the `revision` its
+    /// password was checked at (apply only: every member learns it). Expired tokens are dropped
+    /// on the way.
     fn assign_token(
         &self,
         st: &State,
@@ -260,11 +261,8 @@ impl AuthStore {
         }
         let now = (self.clock)();
         let mut tokens = self.tokens.lock();
-        tokens.retain(|_, (_, _, expiry)| *expiry > now);
-        tokens.insert(
-            token.to_string(),
-            (name.to_string(), st.revision, now + self.token_ttl),
-        );
+        tokens.retain(|_, (_, expiry)| *expiry > now);
+        tokens.insert(token.to_string(), (name.to_string(), now + self.token_ttl));
         Ok(())
     }
 
@@ -288,7 +286,7 @@ impl AuthStore {
 
     /// Drops the simple tokens of `name` (its password changed, or it was deleted).
     fn invalidate_user(&self, name: &str) {
-        self.tokens.lock().retain(|_, (user, _, _)| user != name);
+        self.tokens.lock().retain(|_, (user, _)| user != name);
     }
 
     /// The caller a token names: a JWT's signature and expiry are checked, and it carries the
@@ -303,7 +301,7 @@ impl AuthStore {
         let revision = self.revision();
         let mut tokens = self.tokens.lock();
         match tokens.get_mut(token) {
-            Some((user, _, expiry)) if *expiry > now => {
+            Some((user, expiry)) if *expiry > now => {
                 *expiry = now + self.token_ttl;
                 Ok(Caller {
                     user: user.clone(),

@@ -378,11 +378,6 @@ impl Lessor {
         self.len() == 0
     }
 
-    /// Whether this lessor holds deadlines.
-    pub fn is_primary(&self) -> bool {
-        self.inner.lock().primary.is_some()
-    }
-
     /// The raft term this lessor is primary for, if it is.
     pub fn primary_term(&self) -> Option<u64> {
         self.inner.lock().primary
@@ -545,11 +540,6 @@ impl Lessor {
     /// Resolves when a deadline has been set since the last call (new grants, promotion).
     pub async fn deadline_set(&self) {
         self.deadline_set.notified().await;
-    }
-
-    /// The clock deadlines are measured on.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
     }
 }
 
