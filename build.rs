@@ -11,10 +11,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/api/v3electionpb/v3election.proto",
         "proto/raftpb/peer.proto",
     ];
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = out.join("etcd_descriptors.bin");
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .file_descriptor_set_path(&descriptors)
         .compile_protos(&protos, &["proto"])?;
+    // etcd's JSON gateway mapping (grpc-gateway's jsonpb with proto field names): serde
+    // implementations for the client API's messages.
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptors)?)?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

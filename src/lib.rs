@@ -3,8 +3,8 @@
 //! Layers (dependencies point downward only; a test scans `use crate::` lines to hold this):
 //!
 //! ```text
-//! main -> server -> node -> raft -> apply -> {mvcc, lease, auth} -> storage
-//! types, config, telemetry, proto: leaves, usable from anywhere
+//! main -> gateway -> server -> health -> node -> raft -> apply -> {mvcc, lease, auth} -> storage
+//! types, config, telemetry, metrics, proto: leaves, usable from anywhere
 //! ```
 //!
 //! Invariants the whole crate keeps:
@@ -18,7 +18,10 @@
 pub mod apply;
 pub mod auth;
 pub mod config;
+pub mod gateway;
+pub mod health;
 pub mod lease;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod proto;
@@ -30,6 +33,8 @@ pub mod types;
 
 /// The oxcd version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The etcd server version oxcd reports in Status, `/version` and metrics (its API level).
+pub const REPORTED_ETCD_VERSION: &str = "3.5.0";
 /// The etcd API version oxcd speaks.
 pub const ETCD_API_VERSION: &str = "3.5";
 
@@ -55,10 +60,10 @@ mod layering {
         ("raft", 4),
         ("cluster", 5),
         ("node", 6),
-        ("server", 7),
-        ("gateway", 7),
         ("health", 7),
-        ("controller", 8),
+        ("server", 8),
+        ("gateway", 9),
+        ("controller", 10),
     ];
 
     fn rank(m: &str) -> Option<u32> {

@@ -78,6 +78,7 @@ async fn shutdown_signal() {
 
 async fn run(settings: oxcd::config::Settings) -> Result<(), Box<dyn std::error::Error>> {
     let listeners = oxcd::server::bind(&settings.listen_client).await?;
+    let metrics_listeners = oxcd::server::bind(&settings.listen_metrics).await?;
     let node = Node::start(settings).await?;
     let addrs: Vec<String> = node
         .settings
@@ -120,7 +121,9 @@ async fn run(settings: oxcd::config::Settings) -> Result<(), Box<dyn std::error:
             }
         }
     };
-    oxcd::server::serve(node.clone(), listeners, shutdown).await?;
+    let services = oxcd::server::Services::new(node.clone());
+    let gateway = oxcd::gateway::routes(&services);
+    oxcd::server::serve(services, listeners, metrics_listeners, gateway, shutdown).await?;
     node.shutdown().await;
     let reason = fatal.lock().take();
     match reason {

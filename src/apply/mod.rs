@@ -11,21 +11,24 @@
 //!   to the lessor, so a revoke later in the same batch sees them. A revoke deletes its lease's
 //!   keys in one revision, through the same writer, so watchers see the DELETEs.
 
+pub mod alarm;
 mod pb;
 
 use crate::auth::{Access, AuthCmd, AuthError, AuthStore, Caller};
 use crate::lease::{LeaseError, Lessor};
 use crate::mvcc::{Mvcc, MvccError, ReadError, TxnState, Writer};
 use crate::proto::etcdserverpb::{
+    alarm_request::AlarmAction,
     compare::{CompareResult, CompareTarget, TargetUnion},
     request_op::Request,
     response_op::Response,
-    CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseCheckpointRequest,
-    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, Compare, DeleteRangeRequest,
+    DeleteRangeResponse, LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::storage::StorageError;
+pub use alarm::Alarms;
 pub use pb::Pb;
 
 /// A replicated command: what goes into the raft log.
@@ -72,6 +75,8 @@ pub enum Op {
         /// The command.
         op: Box<Op>,
     },
+    /// Maintenance Alarm ACTIVATE or DEACTIVATE (GET is served locally).
+    Alarm(Pb<AlarmRequest>),
 }
 
 impl Op {
@@ -89,6 +94,7 @@ impl Op {
             Op::LeaseCheckpoint(r) => r.0.encoded_len(),
             Op::Auth(_) | Op::AuthBy { .. } => 256,
             Op::Guarded { op, .. } => op.size_hint() + 8,
+            Op::Alarm(r) => r.0.encoded_len(),
         }
     }
 }
@@ -107,6 +113,22 @@ pub enum Refusal {
     /// A refusal of the auth store.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// An alarm stops the command.
+    #[error(transparent)]
+    Alarm(#[from] AlarmRefusal),
+}
+
+/// Commands an active alarm refuses, as etcd's capped and corrupt appliers do.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
+pub enum AlarmRefusal {
+    /// NOSPACE is raised: puts and lease grants are refused until it is disarmed.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// CORRUPT is raised: no key-value or lease command applies.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
 }
 
 /// The outcome of applying one command, returned identically by every member.
@@ -145,6 +167,8 @@ pub enum Applied {
     },
     /// Checkpoints were recorded.
     Checkpointed,
+    /// An alarm command applied.
+    Alarm(Pb<AlarmResponse>),
     /// An auth command applied.
     AuthChanged {
         /// The store's (key-value) revision, for the response header.
@@ -159,6 +183,45 @@ pub struct Tables<'a> {
     pub leases: &'a Lessor,
     /// The auth store.
     pub auth: &'a AuthStore,
+    /// The alarm table.
+    pub alarms: &'a Alarms,
+}
+
+/// Whether an active alarm refuses `op` (etcd's capped applier under NOSPACE: puts, txns that
+/// put, lease grants; its corrupt applier under CORRUPT: every key-value and lease command).
+fn alarm_refuses(alarms: &Alarms, op: &Op) -> Option<AlarmRefusal> {
+    let kv_or_lease = matches!(
+        op,
+        Op::Put(_)
+            | Op::DeleteRange(_)
+            | Op::Txn(_)
+            | Op::Compact(_)
+            | Op::LeaseGrant(_)
+            | Op::LeaseRevoke(_)
+    );
+    if kv_or_lease && alarms.has(AlarmType::Corrupt) {
+        return Some(AlarmRefusal::Corrupt);
+    }
+    let grows = match op {
+        Op::Put(_) | Op::LeaseGrant(_) => true,
+        Op::Txn(t) => txn_has_put(&t.0),
+        _ => false,
+    };
+    if grows && alarms.has(AlarmType::Nospace) {
+        return Some(AlarmRefusal::NoSpace);
+    }
+    None
+}
+
+fn txn_has_put(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(t.failure.iter())
+        .any(|op| match &op.request {
+            Some(Request::RequestPut(_)) => true,
+            Some(Request::RequestTxn(inner)) => txn_has_put(inner),
+            _ => false,
+        })
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -186,7 +249,28 @@ pub fn apply_op(w: &mut Writer<'_>, tables: Tables<'_>, op: &Op) -> Result<Appli
 
 fn apply_one(w: &mut Writer<'_>, tables: Tables<'_>, op: &Op) -> Result<Applied, StorageError> {
     let leases = tables.leases;
+    if let Some(r) = alarm_refuses(tables.alarms, op) {
+        return Ok(Applied::Failed(r.into()));
+    }
     match op {
+        Op::Alarm(req) => {
+            let r = &req.0;
+            let changed = match AlarmAction::try_from(r.action) {
+                Ok(AlarmAction::Activate) => {
+                    tables.alarms.activate(w.batch_mut(), r.member_id, r.alarm)
+                }
+                Ok(AlarmAction::Deactivate) => {
+                    tables
+                        .alarms
+                        .deactivate(w.batch_mut(), r.member_id, r.alarm)
+                }
+                _ => None,
+            };
+            Ok(Applied::Alarm(Pb(AlarmResponse {
+                header: header(w.begin().view()),
+                alarms: changed.into_iter().collect(),
+            })))
+        }
         Op::Put(req) => {
             let mut t = w.begin();
             if let Err(e) = check_put(w, leases, &t, &req.0)? {
@@ -543,6 +627,7 @@ mod tests {
 
     use super::*;
     use crate::lease::ManualClock;
+    use crate::proto::etcdserverpb::RequestOp;
     use crate::storage::Storage;
 
     struct Fixture {
@@ -550,6 +635,7 @@ mod tests {
         mvcc: Arc<Mvcc>,
         leases: Lessor,
         auth: AuthStore,
+        alarms: Alarms,
     }
 
     fn fixture() -> Fixture {
@@ -558,12 +644,15 @@ mod tests {
         let mvcc = Mvcc::open(storage.clone()).expect("mvcc");
         let leases =
             Lessor::open(storage.clone(), Arc::new(ManualClock::default())).expect("lessor");
-        let auth = AuthStore::open(storage, std::time::Duration::from_secs(300)).expect("auth");
+        let auth =
+            AuthStore::open(storage.clone(), std::time::Duration::from_secs(300)).expect("auth");
+        let alarms = Alarms::open(storage).expect("alarms");
         Fixture {
             _dir: dir,
             mvcc,
             leases,
             auth,
+            alarms,
         }
     }
 
@@ -573,6 +662,7 @@ mod tests {
             let tables = Tables {
                 leases: &self.leases,
                 auth: &self.auth,
+                alarms: &self.alarms,
             };
             let got = apply_op(&mut w, tables, &op).expect("apply");
             w.commit().expect("commit");
@@ -610,6 +700,63 @@ mod tests {
 
     fn revoke(id: i64) -> Op {
         Op::LeaseRevoke(Pb(LeaseRevokeRequest { id }))
+    }
+
+    fn alarm(action: AlarmAction, alarm: AlarmType) -> Op {
+        Op::Alarm(Pb(AlarmRequest {
+            action: action as i32,
+            member_id: 7,
+            alarm: alarm as i32,
+        }))
+    }
+
+    #[test]
+    fn nospace_refuses_growth_until_disarmed_and_corrupt_refuses_everything() {
+        let f = fixture();
+        let raised = f.apply(alarm(AlarmAction::Activate, AlarmType::Nospace));
+        let Applied::Alarm(resp) = raised else {
+            panic!("unexpected {raised:?}")
+        };
+        assert_eq!(resp.0.alarms.len(), 1);
+        assert_eq!(f.alarms.list().len(), 1);
+        let nospace = Applied::Failed(AlarmRefusal::NoSpace.into());
+        assert_eq!(f.apply(put("a", 0)), nospace);
+        assert_eq!(f.apply(grant(5, 60)), nospace);
+        let txn_put = Op::Txn(Pb(TxnRequest {
+            failure: vec![RequestOp {
+                request: Some(Request::RequestTxn(TxnRequest {
+                    success: vec![RequestOp {
+                        request: Some(Request::RequestPut(PutRequest {
+                            key: b"a".to_vec(),
+                            ..Default::default()
+                        })),
+                    }],
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        }));
+        assert_eq!(f.apply(txn_put.clone()), nospace);
+        // Deletes and compactions still apply, so space can be reclaimed.
+        assert!(matches!(
+            f.apply(Op::DeleteRange(Pb(DeleteRangeRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            }))),
+            Applied::DeleteRange(_)
+        ));
+        // The alarm survives a reload from storage.
+        f.alarms.load().expect("load");
+        assert_eq!(f.alarms.list().len(), 1);
+        f.apply(alarm(AlarmAction::Deactivate, AlarmType::Nospace));
+        assert!(f.alarms.list().is_empty());
+        assert!(matches!(f.apply(put("a", 0)), Applied::Put(_)));
+        assert!(matches!(f.apply(txn_put), Applied::Txn(_)));
+
+        f.apply(alarm(AlarmAction::Activate, AlarmType::Corrupt));
+        let corrupt = Applied::Failed(AlarmRefusal::Corrupt.into());
+        assert_eq!(f.apply(put("b", 0)), corrupt);
+        assert_eq!(f.apply(revoke(5)), corrupt);
     }
 
     #[test]

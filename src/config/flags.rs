@@ -59,6 +59,7 @@ settings_flags! {
     name => "name", "Human-readable name for this member (default \"default\").";
     data_dir => "data-dir", "Path to the data directory (default \"<name>.oxcd\").";
     listen_client_urls => "listen-client-urls", "URLs to listen on for client traffic (default http://localhost:2379).";
+    listen_metrics_urls => "listen-metrics-urls", "More URLs to serve /metrics and the health endpoints on (default none).";
     advertise_client_urls => "advertise-client-urls", "Client URLs to advertise to the cluster (default http://localhost:2379).";
     listen_peer_urls => "listen-peer-urls", "URLs to listen on for peer traffic (default http://localhost:2380).";
     initial_advertise_peer_urls => "initial-advertise-peer-urls", "Peer URLs to advertise to the cluster (default http://localhost:2380).";

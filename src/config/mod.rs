@@ -84,6 +84,8 @@ pub struct Config {
     /// Comma-separated URLs to serve clients on.
     #[serde(deserialize_with = "de::string")]
     pub listen_client_urls: String,
+    /// `--listen-metrics-urls`.
+    pub listen_metrics_urls: String,
     /// Comma-separated client URLs advertised to the cluster.
     #[serde(deserialize_with = "de::string")]
     pub advertise_client_urls: String,
@@ -170,6 +172,7 @@ impl Default for Config {
             name: "default".to_string(),
             data_dir: String::new(),
             listen_client_urls: "http://localhost:2379".to_string(),
+            listen_metrics_urls: String::new(),
             advertise_client_urls: "http://localhost:2379".to_string(),
             listen_peer_urls: "http://localhost:2380".to_string(),
             initial_advertise_peer_urls: "http://localhost:2380".to_string(),
@@ -238,6 +241,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Client listen addresses.
     pub listen_client: Vec<SocketAddr>,
+    /// Extra listen addresses for `/metrics` and the health endpoints.
+    pub listen_metrics: Vec<SocketAddr>,
     /// Advertised client URLs.
     pub advertise_client_urls: Vec<String>,
     /// Peer listen addresses.
@@ -322,6 +327,11 @@ impl Config {
             PathBuf::from(&self.data_dir)
         };
         let listen_client = listen_addrs("listen-client-urls", &self.listen_client_urls)?;
+        let listen_metrics = if self.listen_metrics_urls.trim().is_empty() {
+            Vec::new()
+        } else {
+            listen_addrs("listen-metrics-urls", &self.listen_metrics_urls)?
+        };
         let advertise_client_urls = url_list("advertise-client-urls", &self.advertise_client_urls)?;
         let listen_peer = listen_addrs("listen-peer-urls", &self.listen_peer_urls)?;
         let advertise_peer_urls = url_list(
@@ -474,6 +484,7 @@ impl Config {
             name: self.name.clone(),
             data_dir,
             listen_client,
+            listen_metrics,
             advertise_client_urls,
             listen_peer,
             advertise_peer_urls,

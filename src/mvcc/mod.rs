@@ -625,7 +625,11 @@ impl Writer<'_> {
             current.to_be_bytes().to_vec(),
         );
         let batch = std::mem::take(&mut self.batch);
+        let started = std::time::Instant::now();
         self.mvcc.storage.write(batch, false)?;
+        crate::metrics::get()
+            .backend_commit
+            .observe(started.elapsed().as_secs_f64());
         let changes = std::mem::take(&mut self.changes);
         self.mvcc.hub.publish(watch::group(changes), current);
         Ok(())

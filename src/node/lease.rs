@@ -189,6 +189,14 @@ async fn revoke(node: &Node, ids: Vec<i64>) {
         .collect();
     let n = ops.len();
     match node.raft.write_as_leader(Op::Batch(ops)).await {
+        Ok(crate::apply::Applied::Batch(results)) => {
+            let revoked = results
+                .iter()
+                .filter(|r| matches!(r, crate::apply::Applied::LeaseRevoked { .. }))
+                .count();
+            crate::metrics::get().lease_revoked.inc_by(revoked as u64);
+            tracing::debug!(count = n, revoked, "revoked expired leases");
+        }
         Ok(_) => tracing::debug!(count = n, "revoked expired leases"),
         // The leases stay expired here and are reported again; a new leader decides afresh.
         Err(e) => tracing::warn!(count = n, error = %e, "revoking expired leases failed"),

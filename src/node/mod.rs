@@ -11,6 +11,7 @@
 
 mod compactor;
 mod lease;
+pub mod quota;
 
 pub use lease::min_lease_ttl;
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::apply::{restore_leases, Applied, Op};
+use crate::apply::{restore_leases, Alarms, Applied, Op};
 use crate::auth::AuthStore;
 use crate::config::{ClusterState, Settings};
 use crate::lease::{Lessor, SystemClock};
@@ -78,6 +79,8 @@ pub struct Node {
     pub leases: Arc<Lessor>,
     /// The auth store.
     pub auth: Arc<AuthStore>,
+    /// The alarm table.
+    pub alarms: Arc<Alarms>,
     /// The counter behind this member's lease IDs.
     lease_ids: std::sync::atomic::AtomicU64,
     /// The member's storage.
@@ -86,6 +89,7 @@ pub struct Node {
     pub identity: Identity,
     /// The settings the member runs with.
     pub settings: Settings,
+    size_cache: parking_lot::Mutex<quota::SizeCache>,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     peer_stop: parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
@@ -244,6 +248,7 @@ impl Node {
             auth = auth.with_jwt(jwt);
         }
         let auth = Arc::new(auth);
+        let alarms = Arc::new(Alarms::open(storage.clone())?);
         let raft_settings = RaftSettings {
             heartbeat: settings.heartbeat,
             election: settings.election,
@@ -261,6 +266,7 @@ impl Node {
             mvcc.clone(),
             leases.clone(),
             auth.clone(),
+            alarms.clone(),
             &raft_settings,
         )
         .await?;
@@ -314,15 +320,19 @@ impl Node {
             mvcc,
             leases,
             auth,
+            alarms,
             lease_ids: std::sync::atomic::AtomicU64::new(lease::lease_id_seed()),
             storage,
             identity,
             settings,
+            size_cache: parking_lot::Mutex::new(quota::SizeCache::default()),
             tasks: parking_lot::Mutex::new(Vec::new()),
             peer_stop: parking_lot::Mutex::new(Some(peer_stop)),
         });
         let publisher = tokio::spawn(publish(node.clone()));
         node.tasks.lock().push(publisher);
+        let leader_watch = tokio::spawn(quota::watch_leader(node.clone()));
+        node.tasks.lock().push(leader_watch);
         let expiry = tokio::spawn(lease::run(node.clone()));
         node.tasks.lock().push(expiry);
         if let Some(policy) = node.settings.auto_compaction {
@@ -344,12 +354,29 @@ impl Node {
 
     /// Proposes `op` through the log.
     pub async fn propose(&self, op: Op) -> Result<Applied, ProposeError> {
-        self.raft.write(op).await
+        /// Counts a proposal as pending until it is done or abandoned.
+        struct Pending;
+        impl Drop for Pending {
+            fn drop(&mut self) {
+                crate::metrics::get().proposals_pending.dec();
+            }
+        }
+        crate::metrics::get().proposals_pending.inc();
+        let _pending = Pending;
+        let out = self.raft.write(op).await;
+        if out.is_err() {
+            crate::metrics::get().proposals_failed.inc();
+        }
+        out
     }
 
     /// Waits until local reads are linearizable.
     pub async fn linearizable_barrier(&self) -> Result<(), ProposeError> {
-        self.raft.linearizable_barrier().await
+        let out = self.raft.linearizable_barrier().await;
+        if out.is_err() {
+            crate::metrics::get().read_indexes_failed.inc();
+        }
+        out
     }
 
     /// Stops the background tasks, the peer server and raft, then quiesces storage for exit.

@@ -74,7 +74,11 @@ impl LogStore {
                     while let Ok(more) = rx.try_recv() {
                         waiting.push(more);
                     }
+                    let started = std::time::Instant::now();
                     let res = sync_storage.sync_wal();
+                    crate::metrics::get()
+                        .wal_fsync
+                        .observe(started.elapsed().as_secs_f64());
                     for cb in waiting {
                         let r = match &res {
                             Ok(()) => Ok(()),
@@ -180,6 +184,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), SErr> {
+        if let Some(c) = committed {
+            crate::metrics::Metrics::advance(&crate::metrics::get().proposals_committed, c.index);
+        }
         let mut b = Batch::new();
         b.put(
             Cf::RaftMeta,

@@ -269,6 +269,7 @@ impl RaftNode {
         mvcc: Arc<Mvcc>,
         leases: Arc<Lessor>,
         auth: Arc<AuthStore>,
+        alarms: Arc<crate::apply::Alarms>,
         settings: &RaftSettings,
     ) -> Result<RaftNode, StartError> {
         let heartbeat = settings.heartbeat.as_millis().max(1) as u64;
@@ -293,7 +294,7 @@ impl RaftNode {
                 .map_err(|e| StartError::Config(e.to_string()))?,
         );
         let log = LogStore::new(storage.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
-        let sm = StateMachine::open(storage, mvcc, leases.clone(), auth)
+        let sm = StateMachine::open(storage, mvcc, leases.clone(), auth, alarms)
             .map_err(|e| StartError::Storage(e.to_string()))?;
         let peers = Peers::new(settings.max_message, settings.cluster_id);
         let network = PeerNetwork {
@@ -716,7 +717,14 @@ mod conformance {
             let log = LogStore::new(storage.clone()).map_err(err)?;
             let auth = AuthStore::open(storage.clone(), std::time::Duration::from_secs(300))
                 .map_err(err)?;
-            let sm = StateMachine::open(storage, mvcc, Arc::new(leases), Arc::new(auth))?;
+            let alarms = crate::apply::Alarms::open(storage.clone()).map_err(err)?;
+            let sm = StateMachine::open(
+                storage,
+                mvcc,
+                Arc::new(leases),
+                Arc::new(auth),
+                Arc::new(alarms),
+            )?;
             Ok((dir, log, sm))
         }
     }

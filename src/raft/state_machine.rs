@@ -21,7 +21,7 @@ use openraft::{
 use parking_lot::Mutex;
 
 use super::TypeConfig;
-use crate::apply::{apply_op, restore_leases, Applied, Tables};
+use crate::apply::{apply_op, restore_leases, Alarms, Applied, Tables};
 use crate::auth::AuthStore;
 use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
@@ -62,6 +62,7 @@ pub struct StateMachine {
     mvcc: Arc<Mvcc>,
     leases: Arc<Lessor>,
     auth: Arc<AuthStore>,
+    alarms: Arc<Alarms>,
     state: Arc<Mutex<State>>,
 }
 
@@ -90,12 +91,14 @@ fn read_applied(storage: &Storage) -> Result<(Option<LogId<u64>>, Membership), S
 }
 
 impl StateMachine {
-    /// Opens the state machine over the member's storage, store, lease table and auth store.
+    /// Opens the state machine over the member's storage, store, lease table, auth store and
+    /// alarm table.
     pub fn open(
         storage: Storage,
         mvcc: Arc<Mvcc>,
         leases: Arc<Lessor>,
         auth: Arc<AuthStore>,
+        alarms: Arc<Alarms>,
     ) -> Result<StateMachine, SErr> {
         let (applied, membership) = read_applied(&storage)?;
         let removed = read_removed(&storage)?;
@@ -104,6 +107,7 @@ impl StateMachine {
             mvcc,
             leases,
             auth,
+            alarms,
             state: Arc::new(Mutex::new(State {
                 applied,
                 membership,
@@ -189,6 +193,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let tables = Tables {
                         leases: &self.leases,
                         auth: &self.auth,
+                        alarms: &self.alarms,
                     };
                     out.push(apply_op(&mut w, tables, &op).map_err(sm_write_err)?)
                 }
@@ -266,6 +271,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_write_err)?;
         restore_leases(&self.leases, &self.mvcc).map_err(sm_write_err)?;
         self.auth.load().map_err(sm_write_err)?;
+        self.alarms.load().map_err(sm_write_err)?;
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             last_log_id = ?meta.last_log_id,

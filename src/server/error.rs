@@ -3,10 +3,11 @@
 
 use tonic::{Code, Status};
 
-use crate::apply::Refusal;
+use crate::apply::{AlarmRefusal, Refusal};
 use crate::auth::AuthError;
 use crate::lease::LeaseError;
 use crate::mvcc::{MvccError, ReadError};
+use crate::node::quota::QuotaError;
 use crate::raft::{MembershipError, ProposeError};
 use crate::storage::StorageError;
 
@@ -91,6 +92,12 @@ pub enum EtcdError {
     /// MoveLeader to a bad target.
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    /// The NOSPACE alarm is raised (or the write would raise it).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// The CORRUPT alarm is raised.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     /// A permission grant without a permission.
     #[error("etcdserver: permission not given")]
     PermissionNotGiven,
@@ -116,6 +123,8 @@ impl EtcdError {
             LeaseNotFound => Code::NotFound,
             LeaseExists => Code::FailedPrecondition,
             PermissionNotGiven => Code::InvalidArgument,
+            NoSpace => Code::ResourceExhausted,
+            Corrupt => Code::DataLoss,
             NoLeader | Stopped | Timeout => Code::Unavailable,
             NotLeader | PeerUrlExists | MemberIdExists | TooManyLearners | NotEnoughStarted
             | NotLearner | LearnerNotReady | LearnerNotSupported | BadLeaderTransferee => {
@@ -175,6 +184,25 @@ impl From<Refusal> for EtcdError {
             Refusal::Mvcc(m) => m.into(),
             Refusal::Lease(l) => l.into(),
             Refusal::Auth(a) => a.into(),
+            Refusal::Alarm(a) => a.into(),
+        }
+    }
+}
+
+impl From<AlarmRefusal> for EtcdError {
+    fn from(e: AlarmRefusal) -> EtcdError {
+        match e {
+            AlarmRefusal::NoSpace => EtcdError::NoSpace,
+            AlarmRefusal::Corrupt => EtcdError::Corrupt,
+        }
+    }
+}
+
+impl From<QuotaError> for EtcdError {
+    fn from(e: QuotaError) -> EtcdError {
+        match e {
+            QuotaError::NoSpace(a) => a.into(),
+            QuotaError::Storage(s) => s.into(),
         }
     }
 }

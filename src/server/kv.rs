@@ -8,8 +8,10 @@ use super::error::EtcdError;
 use super::{access, guard, validate};
 use crate::apply::{Applied, Op, Pb};
 use crate::auth::Caller;
+use crate::node::quota::KV_OVERHEAD;
 use crate::node::Node;
 use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::request_op::Request as Op1;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
@@ -81,6 +83,7 @@ impl KvService {
         if let Some(c) = c {
             access::put(&self.node, c, &r)?;
         }
+        self.node.check_quota(put_cost(&r)).await?;
         match self.propose(Op::Put(Pb(r)), c).await? {
             Applied::Put(Pb(mut resp)) => {
                 resp.header = self.header(resp.header);
@@ -121,6 +124,10 @@ impl KvService {
         if let Some(c) = c {
             access::txn(&self.node, c, &r)?;
         }
+        let cost = txn_cost(&r);
+        if cost > 0 {
+            self.node.check_quota(cost).await?;
+        }
         match self.propose(Op::Txn(Pb(r)), c).await? {
             Applied::Txn(Pb(mut resp)) => {
                 resp.header = self.header(resp.header);
@@ -144,6 +151,25 @@ impl KvService {
             other => Err(unexpected(&other)),
         }
     }
+}
+
+/// etcd's estimate of what a put adds to the database, for the quota check.
+fn put_cost(r: &PutRequest) -> u64 {
+    KV_OVERHEAD + (r.key.len() + r.value.len()) as u64
+}
+
+/// etcd's estimate for a txn: the costlier branch's puts (a txn without puts costs nothing).
+fn txn_cost(r: &TxnRequest) -> u64 {
+    let branch = |ops: &[crate::proto::etcdserverpb::RequestOp]| -> u64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(Op1::RequestPut(p)) => put_cost(p),
+                Some(Op1::RequestTxn(t)) => txn_cost(t),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&r.success).max(branch(&r.failure))
 }
 
 fn unexpected(a: &Applied) -> EtcdError {

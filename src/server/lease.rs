@@ -13,7 +13,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -61,13 +61,18 @@ pub async fn grant(node: &Node, r: LeaseGrantRequest) -> Result<LeaseGrantRespon
     if r.ttl > MAX_LEASE_TTL {
         return Err(EtcdError::LeaseTtlTooLarge);
     }
+    // etcd's estimate of a lease's cost against the quota.
+    node.check_quota(64).await?;
     match node.lease_grant(r.ttl, r.id).await? {
-        Applied::LeaseGranted { id, ttl, revision } => Ok(LeaseGrantResponse {
-            header: Some(node.header(revision)),
-            id,
-            ttl,
-            error: String::new(),
-        }),
+        Applied::LeaseGranted { id, ttl, revision } => {
+            crate::metrics::get().lease_granted.inc();
+            Ok(LeaseGrantResponse {
+                header: Some(node.header(revision)),
+                id,
+                ttl,
+                error: String::new(),
+            })
+        }
         Applied::Failed(e) => Err(e.into()),
         other => Err(unexpected("lease grant", &other)),
     }
@@ -86,9 +91,12 @@ pub async fn revoke(
         .propose(access::guarded(node, Op::LeaseRevoke(Pb(r)), c))
         .await?
     {
-        Applied::LeaseRevoked { revision } => Ok(LeaseRevokeResponse {
-            header: Some(node.header(revision)),
-        }),
+        Applied::LeaseRevoked { revision } => {
+            crate::metrics::get().lease_revoked.inc();
+            Ok(LeaseRevokeResponse {
+                header: Some(node.header(revision)),
+            })
+        }
         Applied::Failed(e) => Err(e.into()),
         other => Err(unexpected("lease revoke", &other)),
     }
@@ -103,6 +111,9 @@ pub async fn keep_alive_once(
     // a revoke it raced with.
     let header = current_header(node);
     let ttl = node.raft.lease_renew(r.id).await?;
+    if ttl > 0 {
+        crate::metrics::get().lease_renewed.inc();
+    }
     Ok(LeaseKeepAliveResponse {
         header,
         id: r.id,
@@ -186,29 +197,10 @@ impl Lease for LeaseService {
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        let node = self.node.clone();
-        let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(KEEPALIVE_PIPELINE);
-        tokio::spawn(async move {
-            let mut answers = inbound
-                .map(|r| {
-                    let node = node.clone();
-                    async move {
-                        match r {
-                            Ok(req) => keep_alive_once(&node, req).await.map_err(Status::from),
-                            Err(s) => Err(s),
-                        }
-                    }
-                })
-                .buffered(KEEPALIVE_PIPELINE);
-            while let Some(answer) = answers.next().await {
-                let last = answer.is_err();
-                if tx.send(answer).await.is_err() || last {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(keep_alive_stream(
+            self.node.clone(),
+            request.into_inner(),
+        )))
     }
 
     async fn lease_time_to_live(
@@ -229,4 +221,36 @@ impl Lease for LeaseService {
         guard::voter_rpc(&self.node, &request)?;
         Ok(Response::new(leases(&self.node).await?))
     }
+}
+
+/// Answers a stream of keep-alive requests (gRPC's, or the JSON gateway's) in order, with up to
+/// [`KEEPALIVE_PIPELINE`] renewals in flight; ends after the first error or when `inbound` ends.
+pub fn keep_alive_stream<S>(
+    node: Arc<Node>,
+    inbound: S,
+) -> Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>
+where
+    S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
+{
+    let (tx, rx) = mpsc::channel(KEEPALIVE_PIPELINE);
+    tokio::spawn(async move {
+        let mut answers = inbound
+            .map(|r| {
+                let node = node.clone();
+                async move {
+                    match r {
+                        Ok(req) => keep_alive_once(&node, req).await.map_err(Status::from),
+                        Err(s) => Err(s),
+                    }
+                }
+            })
+            .buffered(KEEPALIVE_PIPELINE);
+        while let Some(answer) = answers.next().await {
+            let last = answer.is_err();
+            if tx.send(answer).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
 }

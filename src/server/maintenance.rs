@@ -11,13 +11,14 @@ use tonic::{Request, Response, Status};
 use super::error::EtcdError;
 use super::{access, guard};
 
+use crate::apply::{Applied, Op, Pb};
 use crate::node::Node;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
-    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
-    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
+    DefragmentRequest, DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 
 /// The admin check of etcd's maintenance service, which (unlike every other service) returns
@@ -31,8 +32,13 @@ async fn maintenance_admin<T>(node: &Node, req: &Request<T>) -> Result<(), Statu
     access::admin(node, c.as_ref()).map_err(unconverted)
 }
 
-/// The etcd server version oxcd reports (its API level).
-pub const REPORTED_VERSION: &str = "3.5.0";
+/// An alarm as etcd's Status lists it among `errors` (the alarm member's text form).
+fn alarm_text(a: &AlarmMember) -> String {
+    let name = AlarmType::try_from(a.alarm)
+        .map(|t| t.as_str_name())
+        .unwrap_or("NONE");
+    format!("memberID:{} alarm:{} ", a.member_id, name)
+}
 
 /// The Maintenance service.
 #[derive(Clone, Debug)]
@@ -58,15 +64,34 @@ impl Maintenance for MaintenanceService {
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
-        match AlarmAction::try_from(request.get_ref().action) {
+        let r = request.into_inner();
+        match AlarmAction::try_from(r.action) {
             Ok(AlarmAction::Get) => Ok(Response::new(AlarmResponse {
                 header: self.header(),
-                // No alarm can be raised yet: the space quota and corruption checks are not built.
-                alarms: Vec::new(),
+                alarms: self.node.alarms.list(),
             })),
-            _ => Err(Status::unimplemented(
-                "oxcd: raising and disarming alarms is not implemented yet",
-            )),
+            Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
+                match self
+                    .node
+                    .propose(Op::Alarm(Pb(r)))
+                    .await
+                    .map_err(EtcdError::from)?
+                {
+                    Applied::Alarm(Pb(mut resp)) => {
+                        resp.header = self.header();
+                        Ok(Response::new(resp))
+                    }
+                    Applied::Failed(e) => Err(EtcdError::from(e).into()),
+                    other => {
+                        tracing::error!(?other, "apply returned a result of the wrong kind");
+                        Err(Status::internal("unexpected apply result"))
+                    }
+                }
+            }
+            Err(_) => Err(Status::invalid_argument(format!(
+                "unknown alarm action {}",
+                r.action
+            ))),
         }
     }
 
@@ -76,22 +101,25 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<StatusResponse>, Status> {
         guard::require_leader(&self.node, &request)?;
         let node = &self.node;
-        let size = node.storage.size_on_disk().map_err(EtcdError::from)? as i64;
+        let (size, in_use) = node.db_size().map_err(EtcdError::from)?;
         let leader = node.raft.leader();
         let mut errors = Vec::new();
         if leader.is_none() {
             errors.push(EtcdError::NoLeader.to_string());
         }
+        for a in node.alarms.list() {
+            errors.push(alarm_text(&a));
+        }
         Ok(Response::new(StatusResponse {
             header: self.header(),
-            version: REPORTED_VERSION.to_string(),
-            db_size: size,
+            version: crate::REPORTED_ETCD_VERSION.to_string(),
+            db_size: size as i64,
             leader: leader.unwrap_or(0),
             raft_index: node.raft.last_log_index(),
             raft_term: node.raft.term(),
             raft_applied_index: node.raft.applied_index(),
             errors,
-            db_size_in_use: size,
+            db_size_in_use: in_use as i64,
             is_learner: node.raft.is_learner(),
             storage_version: String::new(),
             db_size_quota: node.settings.quota_backend_bytes,
@@ -106,10 +134,17 @@ impl Maintenance for MaintenanceService {
         guard::voter_rpc(&self.node, &request)?;
         maintenance_admin(&self.node, &request).await?;
         let storage = self.node.storage.clone();
-        tokio::task::spawn_blocking(move || storage.compact_all())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
+        let m = crate::metrics::get();
+        m.defrag_inflight.set(1);
+        let started = std::time::Instant::now();
+        let done = tokio::task::spawn_blocking(move || storage.compact_all()).await;
+        m.defrag_inflight.set(0);
+        m.defrag_duration.observe(started.elapsed().as_secs_f64());
+        done.map_err(|e| Status::internal(e.to_string()))?
             .map_err(EtcdError::from)?;
+        if let Ok((size, _)) = self.node.db_size() {
+            tracing::info!(db_size = size, "defragmented the backend");
+        }
         Ok(Response::new(DefragmentResponse {
             header: self.header(),
         }))

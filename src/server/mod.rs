@@ -1,5 +1,6 @@
-//! The client port: one tonic service per etcd service. Services that are not built yet are not
-//! registered, so clients get gRPC `Unimplemented` for them.
+//! The client port: one tonic service per etcd service, with the HTTP endpoints beside them on
+//! the same listener ([`http`]). Services that are not built yet are not registered, so clients
+//! get gRPC `Unimplemented` for them.
 //!
 //! Invariant: handlers only validate, call [`crate::node::Node`] and map errors through
 //! [`error`]; they hold no state of their own.
@@ -9,6 +10,7 @@ pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod guard;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -20,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use crate::node::Node;
 use crate::proto::etcdserverpb::auth_server::AuthServer;
@@ -41,9 +42,41 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The gRPC server failed.
-    #[error("grpc server: {0}")]
-    Transport(#[from] tonic::transport::Error),
+}
+
+/// One instance of each service, shared by gRPC and the JSON gateway (the auth service keeps the
+/// simple-token counter and the dummy password hash).
+#[derive(Clone, Debug)]
+pub struct Services {
+    /// The member.
+    pub node: Arc<Node>,
+    /// KV.
+    pub kv: kv::KvService,
+    /// Lease.
+    pub lease: lease::LeaseService,
+    /// Cluster.
+    pub cluster: cluster::ClusterService,
+    /// Maintenance.
+    pub maintenance: maintenance::MaintenanceService,
+    /// Auth.
+    pub auth: auth::AuthService,
+    /// Watch.
+    pub watch: watch::WatchService,
+}
+
+impl Services {
+    /// The services over `node`.
+    pub fn new(node: Arc<Node>) -> Services {
+        Services {
+            kv: kv::KvService::new(node.clone()),
+            lease: lease::LeaseService::new(node.clone()),
+            cluster: cluster::ClusterService::new(node.clone()),
+            maintenance: maintenance::MaintenanceService::new(node.clone()),
+            auth: auth::AuthService::new(node.clone()),
+            watch: watch::WatchService::new(node.clone()),
+            node,
+        }
+    }
 }
 
 /// Binds every client listen address; binding before serving lets start-up fail fast.
@@ -58,55 +91,84 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServeError> 
     Ok(out)
 }
 
-/// Serves etcd's client API on `listeners` until `shutdown` resolves.
+/// Serves etcd's client API (gRPC, and HTTP with the `gateway` routes) on `listeners`, and the
+/// HTTP endpoints alone on `metrics_listeners` (`--listen-metrics-urls`), until `shutdown`
+/// resolves.
 pub async fn serve(
-    node: Arc<Node>,
+    services: Services,
     listeners: Vec<TcpListener>,
+    metrics_listeners: Vec<TcpListener>,
+    gateway: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let node = services.node.clone();
     let max_recv = (node.settings.max_request_bytes as usize).saturating_add(512 * 1024);
-    let kv = KvServer::new(kv::KvService::new(node.clone()))
+    let kv = KvServer::new(services.kv)
         .max_decoding_message_size(max_recv)
         .max_encoding_message_size(usize::MAX);
-    let cluster = ClusterServer::new(cluster::ClusterService::new(node.clone()));
-    let maintenance = MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))
-        .max_encoding_message_size(usize::MAX);
-    let watch = WatchServer::new(watch::WatchService::new(node.clone()))
+    let cluster = ClusterServer::new(services.cluster);
+    let maintenance =
+        MaintenanceServer::new(services.maintenance).max_encoding_message_size(usize::MAX);
+    let watch = WatchServer::new(services.watch)
         .max_decoding_message_size(max_recv)
         .max_encoding_message_size(usize::MAX);
-    let lease = LeaseServer::new(lease::LeaseService::new(node.clone()))
-        .max_decoding_message_size(max_recv);
-    let auth = AuthServer::new(auth::AuthService::new(node.clone()));
+    let lease = LeaseServer::new(services.lease).max_decoding_message_size(max_recv);
+    let auth = AuthServer::new(services.auth);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(report_health(node.clone(), reporter));
+    let grpc = tonic::service::Routes::new(kv)
+        .add_service(cluster)
+        .add_service(maintenance)
+        .add_service(watch)
+        .add_service(lease)
+        .add_service(auth)
+        .add_service(health);
+    let client = http::ClientService::new(grpc, http::http_routes(node.clone()).merge(gateway));
+    let metrics_only = http::ClientService::new(
+        tonic::service::Routes::default(),
+        http::metrics_routes(node.clone()),
+    );
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
-    for l in listeners {
+    let all = listeners.into_iter().map(|l| (l, client.clone())).chain(
+        metrics_listeners
+            .into_iter()
+            .map(|l| (l, metrics_only.clone())),
+    );
+    for (l, svc) in all {
         let mut rx = tx.subscribe();
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(kv.clone())
-            .add_service(cluster.clone())
-            .add_service(maintenance.clone())
-            .add_service(watch.clone())
-            .add_service(lease.clone())
-            .add_service(auth.clone());
-        // Accepted sockets get TCP_NODELAY here: tonic applies its own setting only to
-        // listeners it binds (without it, small responses wait ~40 ms behind Nagle's algorithm).
-        let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
-        servers.push(tokio::spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = rx.recv().await;
-                })
-                .await
-        }));
+        servers.push(tokio::spawn(http::serve_listener(l, svc, async move {
+            let _ = rx.recv().await;
+        })));
     }
     shutdown.await;
     let _ = tx.send(());
+    health_task.abort();
     for s in servers {
-        match s.await {
-            Ok(res) => res?,
-            Err(e) => tracing::warn!(error = %e, "server task ended abnormally"),
+        if let Err(e) = s.await {
+            tracing::warn!(error = %e, "server task ended abnormally");
         }
     }
     Ok(())
+}
+
+/// Keeps `grpc.health.v1` in step with the member: SERVING while it knows a leader.
+async fn report_health(node: Arc<Node>, reporter: tonic_health::server::HealthReporter) {
+    let mut changes = node.raft.leader_changes();
+    let mut last = None;
+    loop {
+        let serving = node.raft.leader().is_some();
+        if last != Some(serving) {
+            let status = if serving {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            last = Some(serving);
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
 }

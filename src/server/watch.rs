@@ -77,12 +77,32 @@ impl Watch for WatchService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         guard::voter_rpc(&self.node, &request)?;
         let require_leader = guard::wants_leader(&request);
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let mut stream = WatchStreamTask::new(self.node.clone(), tx);
-        stream.token = access::token(&request);
-        tokio::spawn(stream.run(request.into_inner(), require_leader));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let token = access::token(&request);
+        Ok(Response::new(open(
+            self.node.clone(),
+            token,
+            require_leader,
+            request.into_inner(),
+        )))
     }
+}
+
+/// Serves one watch stream over `inbound` (gRPC's, or the JSON gateway's) for the caller holding
+/// `token`; the responses end when the client goes away.
+pub fn open<S>(
+    node: Arc<Node>,
+    token: Option<String>,
+    require_leader: bool,
+    inbound: S,
+) -> WatchStream
+where
+    S: tokio_stream::Stream<Item = Result<WatchRequest, Status>> + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let mut stream = WatchStreamTask::new(node, tx);
+    stream.token = token;
+    tokio::spawn(stream.run(inbound, require_leader));
+    Box::pin(ReceiverStream::new(rx))
 }
 
 /// One watcher on a stream.
@@ -160,7 +180,10 @@ impl WatchStreamTask {
     /// Serves the stream until the client goes away. With `require_leader` (the client's
     /// `hasleader` metadata), the stream is cancelled with `etcdserver: no leader` once this
     /// member has had no leader for [`NO_LEADER_TICKS`] election timeouts, as etcd does.
-    async fn run(mut self, mut inbound: Streaming<WatchRequest>, require_leader: bool) {
+    async fn run<S>(mut self, mut inbound: S, require_leader: bool)
+    where
+        S: tokio_stream::Stream<Item = Result<WatchRequest, Status>> + Unpin + Send,
+    {
         // Subscribe before anything is read from storage (see the hub's invariants).
         let mut hub = self.node.mvcc.hub().subscribe();
         let period = self.node.settings.watch_progress_notify_interval;
@@ -174,13 +197,13 @@ impl WatchStreamTask {
         let mut leaderless = 0u32;
         loop {
             let step = tokio::select! {
-                req = inbound.message(), if !half_closed => match req {
-                    Ok(Some(req)) => self.request(req, &mut hub).await,
-                    Ok(None) => {
+                req = tokio_stream::StreamExt::next(&mut inbound), if !half_closed => match req {
+                    Some(Ok(req)) => self.request(req, &mut hub).await,
+                    None => {
                         half_closed = true;
                         Ok(())
                     }
-                    Err(_) => Err(Gone),
+                    Some(Err(_)) => Err(Gone),
                 },
                 msg = hub.recv() => self.hub_message(msg).await,
                 _ = ticker.tick() => self.progress_tick().await,

@@ -338,19 +338,36 @@ impl Storage {
         Ok(())
     }
 
-    /// The approximate size on disk of the live data, in bytes.
-    pub fn size_on_disk(&self) -> Result<u64, StorageError> {
+    /// The approximate size of the column families `cfs` on disk (their table files) plus what
+    /// their memtables hold, in bytes.
+    pub fn size_of(&self, cfs: &[Cf]) -> Result<u64, StorageError> {
+        self.sum_property(
+            cfs,
+            &[
+                "rocksdb.total-sst-files-size",
+                "rocksdb.size-all-mem-tables",
+            ],
+        )
+    }
+
+    /// The estimated size of the live data in `cfs` (what compaction would leave), in bytes.
+    pub fn live_size_of(&self, cfs: &[Cf]) -> Result<u64, StorageError> {
+        self.sum_property(
+            cfs,
+            &[
+                "rocksdb.estimate-live-data-size",
+                "rocksdb.size-all-mem-tables",
+            ],
+        )
+    }
+
+    fn sum_property(&self, cfs: &[Cf], props: &[&str]) -> Result<u64, StorageError> {
         let mut total = 0u64;
-        for cf in Cf::ALL {
+        for &cf in cfs {
             let h = self.handle(cf)?;
-            total += self
-                .db
-                .property_int_value_cf(h, "rocksdb.total-sst-files-size")?
-                .unwrap_or(0);
-            total += self
-                .db
-                .property_int_value_cf(h, "rocksdb.size-all-mem-tables")?
-                .unwrap_or(0);
+            for p in props {
+                total += self.db.property_int_value_cf(h, *p)?.unwrap_or(0);
+            }
         }
         Ok(total)
     }

@@ -3,7 +3,8 @@
 //!
 //! Invariants: every process a test starts is killed when its handle drops (also on a failing
 //! assertion); every wait polls a condition with a deadline, never a fixed sleep; ports come from
-//! the kernel (bind to port 0), data directories from `tempfile`.
+//! [`free_port`] (free, outside the kernel's ephemeral range, reserved across test processes),
+//! data directories from `tempfile`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -31,10 +32,57 @@ where
     }
 }
 
-/// A free loopback port (the kernel picks it; the listener is closed before use).
+/// The ports [`free_port`] hands out: below the kernel's ephemeral range (32768 and up on Linux),
+/// so an outgoing connection from another test can never take a port between the moment it is
+/// picked and the moment a member binds it (or rebinds it after a restart).
+const TEST_PORTS: std::ops::Range<u16> = 10_000..32_000;
+
+/// How long a port reservation marker keeps other test processes off a port.
+const RESERVATION: Duration = Duration::from_secs(600);
+
+/// A free loopback port, reserved for this test process.
+///
+/// The port is free when picked (a bind succeeds), lies outside the ephemeral range, and is marked
+/// in a shared directory so that concurrent test processes (nextest runs one per test) never pick
+/// the same port before its member has bound it. Markers older than [`RESERVATION`] are stale.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let seed = std::process::id().wrapping_mul(7919)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+        let _ = NEXT.compare_exchange(u32::MAX, seed % span, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    let dir = std::env::temp_dir().join("oxcd-it-ports");
+    std::fs::create_dir_all(&dir).expect("create the port reservation directory");
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = TEST_PORTS.start + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let marker = dir.join(port.to_string());
+        let reserved = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .is_ok();
+        if reserved {
+            return port;
+        }
+        let stale = std::fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().unwrap_or_default() > RESERVATION)
+            .unwrap_or(false);
+        if stale && std::fs::write(&marker, b"").is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}");
 }
 
 /// The `oxcd` binary under test.

@@ -10,5 +10,6 @@ mod harness;
 mod kv_client;
 mod kv_etcdctl;
 mod lease;
+mod ops;
 mod persistence;
 mod watch;

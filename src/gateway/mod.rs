@@ -1,0 +1,275 @@
+//! etcd's JSON gateway (grpc-gateway) on the client port: `POST /v3/<service>/<method>` with the
+//! request message as JSON, answered with the response message as JSON, through the same service
+//! code gRPC calls.
+//!
+//! Invariants: JSON follows etcd's mapping (proto field names on output, either name on input,
+//! 64-bit integers as strings, bytes as base64, enums by name, zero values omitted, unknown
+//! fields ignored); the `Authorization` header carries the auth token; errors carry etcd's gRPC
+//! code and text with grpc-gateway's HTTP status; streams answer one `{"result": ...}` line per
+//! message. `/v3beta/` paths are the same as `/v3/`.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use futures::{Stream, StreamExt};
+use http::{header, HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Code, Status};
+
+use crate::proto::etcdserverpb::auth_server::Auth;
+use crate::proto::etcdserverpb::cluster_server::Cluster;
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::lease_server::Lease;
+use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::server::{lease, watch, Services};
+
+/// grpc-gateway's HTTP status for a gRPC code.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A unary error as etcd's gateway writes it.
+fn error_response(s: &Status) -> Response {
+    let body = serde_json::json!({
+        "error": s.message(),
+        "code": s.code() as i32,
+        "message": s.message(),
+    });
+    json_response(http_status(s.code()), body.to_string())
+}
+
+/// A stream error as etcd's gateway writes it, in place of the next message.
+fn stream_error_line(s: &Status) -> String {
+    let body = serde_json::json!({
+        "error": {
+            "grpc_code": s.code() as i32,
+            "http_code": http_status(s.code()).as_u16(),
+            "message": s.message(),
+            "http_status": http_status(s.code()).canonical_reason().unwrap_or(""),
+        }
+    });
+    format!("{body}\n")
+}
+
+/// Parses one request message; an empty body is the empty message.
+fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// Parses a stream of request messages (concatenated or newline-separated JSON objects).
+fn parse_all<T: DeserializeOwned>(body: &[u8]) -> Vec<Result<T, Status>> {
+    serde_json::Deserializer::from_slice(body)
+        .into_iter::<T>()
+        .map(|r| r.map_err(|e| Status::invalid_argument(e.to_string())))
+        .collect()
+}
+
+/// A gRPC request carrying the gateway request's auth token.
+fn grpc_request<T>(headers: &HeaderMap, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+/// Serves one unary call: JSON in, the service's answer as JSON out.
+async fn unary<Req, Resp, F, Fut>(headers: HeaderMap, body: Bytes, call: F) -> Response
+where
+    Req: DeserializeOwned + Default,
+    Resp: Serialize,
+    F: FnOnce(tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    let req = match parse::<Req>(&body) {
+        Ok(r) => r,
+        Err(s) => return error_response(&s),
+    };
+    match call(grpc_request(&headers, req)).await {
+        Ok(resp) => match serde_json::to_string(resp.get_ref()) {
+            Ok(json) => json_response(StatusCode::OK, json),
+            Err(e) => error_response(&Status::internal(e.to_string())),
+        },
+        Err(s) => error_response(&s),
+    }
+}
+
+type Messages<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Serves a stream: each message as a `{"result": ...}` line, an error as an `{"error": ...}`
+/// line that ends the stream.
+fn stream_response<T: Serialize + Send + 'static>(messages: Messages<T>) -> Response {
+    let lines = messages.scan(false, |ended, m| {
+        if *ended {
+            return futures::future::ready(None);
+        }
+        let line = match m {
+            Ok(msg) => match serde_json::to_string(&msg) {
+                Ok(json) => format!("{{\"result\":{json}}}\n"),
+                Err(e) => {
+                    *ended = true;
+                    stream_error_line(&Status::internal(e.to_string()))
+                }
+            },
+            Err(s) => {
+                *ended = true;
+                stream_error_line(&s)
+            }
+        };
+        futures::future::ready(Some(Ok::<_, std::convert::Infallible>(line)))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+macro_rules! unary_route {
+    ($router:ident, $path:literal, $svc:ident, $trait:ident :: $method:ident) => {
+        $router = $router.route(
+            $path,
+            post(
+                |State(s): State<Services>, headers: HeaderMap, body: Bytes| async move {
+                    unary(headers, body, |r| async move {
+                        $trait::$method(&s.$svc, r).await
+                    })
+                    .await
+                },
+            ),
+        );
+    };
+}
+
+/// The gateway's routes under `/v3/` (and `/v3beta/`).
+pub fn routes(services: &Services) -> Router {
+    let services = services.clone();
+    let mut r: Router<Services> = Router::new();
+    unary_route!(r, "/kv/range", kv, Kv::range);
+    unary_route!(r, "/kv/put", kv, Kv::put);
+    unary_route!(r, "/kv/deleterange", kv, Kv::delete_range);
+    unary_route!(r, "/kv/txn", kv, Kv::txn);
+    unary_route!(r, "/kv/compaction", kv, Kv::compact);
+    unary_route!(r, "/lease/grant", lease, Lease::lease_grant);
+    unary_route!(r, "/lease/revoke", lease, Lease::lease_revoke);
+    unary_route!(r, "/kv/lease/revoke", lease, Lease::lease_revoke);
+    unary_route!(r, "/lease/timetolive", lease, Lease::lease_time_to_live);
+    unary_route!(r, "/kv/lease/timetolive", lease, Lease::lease_time_to_live);
+    unary_route!(r, "/lease/leases", lease, Lease::lease_leases);
+    unary_route!(r, "/kv/lease/leases", lease, Lease::lease_leases);
+    unary_route!(r, "/cluster/member/add", cluster, Cluster::member_add);
+    unary_route!(r, "/cluster/member/remove", cluster, Cluster::member_remove);
+    unary_route!(r, "/cluster/member/update", cluster, Cluster::member_update);
+    unary_route!(r, "/cluster/member/list", cluster, Cluster::member_list);
+    unary_route!(
+        r,
+        "/cluster/member/promote",
+        cluster,
+        Cluster::member_promote
+    );
+    unary_route!(r, "/maintenance/alarm", maintenance, Maintenance::alarm);
+    unary_route!(r, "/maintenance/status", maintenance, Maintenance::status);
+    unary_route!(
+        r,
+        "/maintenance/defragment",
+        maintenance,
+        Maintenance::defragment
+    );
+    unary_route!(r, "/maintenance/hash", maintenance, Maintenance::hash);
+    unary_route!(r, "/maintenance/hashkv", maintenance, Maintenance::hash_kv);
+    unary_route!(
+        r,
+        "/maintenance/transfer-leadership",
+        maintenance,
+        Maintenance::move_leader
+    );
+    unary_route!(
+        r,
+        "/maintenance/downgrade",
+        maintenance,
+        Maintenance::downgrade
+    );
+    unary_route!(r, "/auth/enable", auth, Auth::auth_enable);
+    unary_route!(r, "/auth/disable", auth, Auth::auth_disable);
+    unary_route!(r, "/auth/status", auth, Auth::auth_status);
+    unary_route!(r, "/auth/authenticate", auth, Auth::authenticate);
+    unary_route!(r, "/auth/user/add", auth, Auth::user_add);
+    unary_route!(r, "/auth/user/get", auth, Auth::user_get);
+    unary_route!(r, "/auth/user/list", auth, Auth::user_list);
+    unary_route!(r, "/auth/user/delete", auth, Auth::user_delete);
+    unary_route!(r, "/auth/user/changepw", auth, Auth::user_change_password);
+    unary_route!(r, "/auth/user/grant", auth, Auth::user_grant_role);
+    unary_route!(r, "/auth/user/revoke", auth, Auth::user_revoke_role);
+    unary_route!(r, "/auth/role/add", auth, Auth::role_add);
+    unary_route!(r, "/auth/role/get", auth, Auth::role_get);
+    unary_route!(r, "/auth/role/list", auth, Auth::role_list);
+    unary_route!(r, "/auth/role/delete", auth, Auth::role_delete);
+    unary_route!(r, "/auth/role/grant", auth, Auth::role_grant_permission);
+    unary_route!(r, "/auth/role/revoke", auth, Auth::role_revoke_permission);
+    r = r
+        .route("/watch", post(watch_handler))
+        .route("/lease/keepalive", post(keepalive_handler))
+        .route("/maintenance/snapshot", post(snapshot_handler));
+    let v3 = r.with_state(services);
+    Router::new().nest("/v3", v3.clone()).nest("/v3beta", v3)
+}
+
+async fn watch_handler(State(s): State<Services>, headers: HeaderMap, body: Bytes) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let requests = parse_all(&body);
+    let inbound = futures::stream::iter(requests);
+    stream_response(watch::open(s.node.clone(), token, false, inbound))
+}
+
+async fn keepalive_handler(State(s): State<Services>, body: Bytes) -> Response {
+    let requests = parse_all(&body);
+    let inbound = futures::stream::iter(requests);
+    stream_response(lease::keep_alive_stream(s.node.clone(), inbound))
+}
+
+async fn snapshot_handler(State(s): State<Services>, headers: HeaderMap, body: Bytes) -> Response {
+    let req = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    match Maintenance::snapshot(&s.maintenance, grpc_request(&headers, req)).await {
+        Ok(stream) => stream_response(stream.into_inner()),
+        Err(e) => error_response(&e),
+    }
+}

@@ -1,0 +1,218 @@
+//! One client port for gRPC and HTTP, as etcd's: HTTP/2 requests with a gRPC content type go to
+//! the tonic services, everything else (the JSON gateway, `/metrics`, `/health`, `/livez`,
+//! `/readyz`, `/version`) to the HTTP routes. HTTP/1.1 and HTTP/2 (prior knowledge) are told
+//! apart by the connection preface.
+//!
+//! Invariants: every accepted socket gets TCP_NODELAY (small responses must not wait behind
+//! Nagle's algorithm); every gRPC call is counted in the `grpc_server_*` metrics; a shutdown stops
+//! accepting, lets calls in flight finish for a grace period, then drops the rest.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::{header, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::Service;
+
+use crate::metrics;
+use crate::metrics::grpc::{Call, Counted};
+use crate::node::Node;
+
+/// How long a shutdown waits for calls in flight (watch streams never end by themselves).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The HTTP routes served beside gRPC (the JSON gateway's are merged in by the caller).
+pub fn http_routes(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/version", get(version_handler))
+        .merge(crate::health::routes())
+        .fallback(not_found)
+        .with_state(node)
+}
+
+/// The routes of `--listen-metrics-urls`: `/metrics` and the health endpoints only.
+pub fn metrics_routes(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .merge(crate::health::routes())
+        .fallback(not_found)
+        .with_state(node)
+}
+
+/// Go's `http.NotFound`, which etcd answers unknown paths with.
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "404 page not found\n",
+    )
+        .into_response()
+}
+
+async fn metrics_handler(State(node): State<Arc<Node>>) -> Response {
+    node.refresh_metrics();
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::get().encode(),
+    )
+        .into_response()
+}
+
+async fn version_handler() -> Response {
+    let body = serde_json::json!({
+        "etcdserver": crate::REPORTED_ETCD_VERSION,
+        "etcdcluster": format!("{}.0", crate::ETCD_API_VERSION),
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The service behind each client connection: gRPC or HTTP by content type.
+#[derive(Clone)]
+pub struct ClientService {
+    grpc: tonic::service::Routes,
+    http: Router,
+}
+
+impl ClientService {
+    /// Serves `grpc` and `http` together.
+    pub fn new(grpc: tonic::service::Routes, http: Router) -> Self {
+        ClientService {
+            grpc: grpc.prepare(),
+            http,
+        }
+    }
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl Service<Request<hyper::body::Incoming>> for ClientService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<hyper::body::Incoming>) -> BoxFuture {
+        if !is_grpc(&req) {
+            let mut http = self.http.clone();
+            return Box::pin(async move { http.call(req.map(Body::new)).await });
+        }
+        let Some(call) = Call::start(req.uri().path()) else {
+            let mut grpc = self.grpc.clone();
+            return Box::pin(async move {
+                grpc.call(req)
+                    .await
+                    .map(|r| r.map(Body::new).into_response())
+            });
+        };
+        let kind = if call_is_stream(req.uri().path()) {
+            "stream"
+        } else {
+            "unary"
+        };
+        metrics::get()
+            .client_requests
+            .with_label_values(&[kind, crate::ETCD_API_VERSION])
+            .inc();
+        let call = Arc::new(parking_lot::Mutex::new(call));
+        let req = req.map(|b| Counted::new(b, call.clone(), true));
+        let mut grpc = self.grpc.clone();
+        Box::pin(async move {
+            let resp = grpc.call(req).await?;
+            // A trailers-only response (an error) carries its status in the headers.
+            if let Some(code) = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+            {
+                call.lock().finish(code);
+            }
+            Ok(resp.map(|b| Body::new(Counted::new(b, call, false))))
+        })
+    }
+}
+
+fn call_is_stream(path: &str) -> bool {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or("");
+    let method = parts.next().unwrap_or("");
+    crate::metrics::grpc::method_type(service, method) != "unary"
+}
+
+/// Accepts connections on `listener` and serves `svc` on each until `stop` resolves.
+pub async fn serve_listener(
+    listener: TcpListener,
+    svc: ClientService,
+    stop: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(None::<u32>);
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: keep serving the open connections.
+                        tracing::warn!(error = %e, "accepting a client connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "setting TCP_NODELAY");
+                }
+                let conn = builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(svc.clone()),
+                    )
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "client connection ended");
+                    }
+                });
+            }
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("client connections still open after the grace period; closing them");
+    }
+}

@@ -1,0 +1,343 @@
+//! Operating oxcd with the tools operators have: `curl` on `/metrics`, `/health`, `/livez` and
+//! `/readyz`, `promtool check metrics`, `grpc.health.v1`, and the space quota with the real
+//! `etcdctl`.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use crate::harness::*;
+
+/// The result of one `curl` call: HTTP status, Content-Type and body.
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// The status code.
+    pub status: u16,
+    /// The Content-Type header (empty if none).
+    pub content_type: String,
+    /// The body.
+    pub body: String,
+}
+
+/// Runs the real `curl` with `args` against `url` and returns the response.
+pub fn curl(url: &str, args: &[&str]) -> Http {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code} %{content_type}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, meta) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    let (status, content_type) = meta.split_once(' ').unwrap_or((meta, ""));
+    Http {
+        status: status.parse().unwrap_or(0),
+        content_type: content_type.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// GETs `path` on the member at `endpoint`.
+pub fn get(endpoint: &str, path: &str) -> Http {
+    curl(&format!("http://{endpoint}{path}"), &[])
+}
+
+/// The samples of a Prometheus text exposition, by series (name and labels as printed).
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn scrape(endpoint: &str) -> BTreeMap<String, f64> {
+    let r = get(endpoint, "/metrics");
+    assert_eq!(r.status, 200, "{r:?}");
+    samples(&r.body)
+}
+
+fn value(m: &BTreeMap<String, f64>, series: &str) -> f64 {
+    m.get(series).copied().unwrap_or(0.0)
+}
+
+fn grpc(kind: &str, method: &str, service: &str) -> String {
+    format!(
+        "{{grpc_method=\"{method}\",grpc_service=\"etcdserverpb.{service}\",grpc_type=\"{kind}\"}}"
+    )
+}
+
+fn handled(method: &str, service: &str, code: &str) -> String {
+    format!(
+        "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"{method}\",grpc_service=\"etcdserverpb.{service}\",grpc_type=\"unary\"}}"
+    )
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_and_count_a_known_load() {
+    let metrics_port = free_port();
+    let listen = format!("--listen-metrics-urls=http://127.0.0.1:{metrics_port}");
+    let c = Cluster::start_with(Kind::Oxcd, 1, &[&listen]).await;
+    let ep = c.members[0].endpoint();
+    let mut client = c.client().await;
+
+    let r = get(&ep, "/metrics");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.content_type.starts_with("text/plain; version=0.0.4"),
+        "{r:?}"
+    );
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool (apt-get install prometheus)");
+    {
+        use std::io::Write;
+        let mut stdin = check.stdin.take().expect("promtool stdin");
+        stdin.write_all(r.body.as_bytes()).expect("feed promtool");
+    }
+    let out = check.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = samples(&r.body);
+    for name in [
+        "etcd_server_has_leader",
+        "etcd_server_is_leader",
+        "etcd_server_leader_changes_seen_total",
+        "etcd_server_proposals_committed_total",
+        "etcd_server_proposals_applied_total",
+        "etcd_server_proposals_pending",
+        "etcd_server_proposals_failed_total",
+        "etcd_disk_wal_fsync_duration_seconds_count",
+        "etcd_disk_backend_commit_duration_seconds_count",
+        "etcd_mvcc_db_total_size_in_bytes",
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        "etcd_server_quota_backend_bytes",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(before.contains_key(name), "/metrics lacks {name}");
+    }
+    assert_eq!(value(&before, "etcd_server_has_leader"), 1.0);
+    assert_eq!(value(&before, "etcd_server_is_leader"), 1.0);
+    assert!(value(&before, "etcd_server_leader_changes_seen_total") >= 1.0);
+    assert_eq!(
+        value(&before, "etcd_server_quota_backend_bytes"),
+        2.0 * 1024.0 * 1024.0 * 1024.0
+    );
+
+    // A known load: 25 puts, 3 ranges, one range at a compacted revision, one lease.
+    for i in 0..25 {
+        client.put(format!("k{i}"), "v", None).await.expect("put");
+    }
+    for _ in 0..3 {
+        client.get("k1", None).await.expect("get");
+    }
+    client.compact(10, None).await.expect("compact");
+    let old = etcd_client::GetOptions::new().with_revision(2);
+    assert!(client.get("k1", Some(old)).await.is_err());
+    client.lease_grant(60, None).await.expect("grant");
+
+    let after = scrape(&ep);
+    let delta = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(delta(&handled("Put", "KV", "OK")), 25.0);
+    assert_eq!(
+        delta(&format!(
+            "grpc_server_started_total{}",
+            grpc("unary", "Put", "KV")
+        )),
+        25.0
+    );
+    assert_eq!(
+        delta(&format!(
+            "grpc_server_msg_received_total{}",
+            grpc("unary", "Put", "KV")
+        )),
+        25.0
+    );
+    assert_eq!(delta(&handled("Range", "KV", "OK")), 3.0);
+    assert_eq!(delta(&handled("Range", "KV", "OutOfRange")), 1.0);
+    assert_eq!(delta("etcd_debugging_lease_granted_total"), 1.0);
+    assert!(delta("etcd_server_proposals_committed_total") >= 27.0);
+    assert!(delta("etcd_server_proposals_applied_total") >= 27.0);
+    assert!(delta("etcd_disk_wal_fsync_duration_seconds_count") >= 1.0);
+    assert!(delta("etcd_disk_backend_commit_duration_seconds_count") >= 27.0);
+    assert!(delta("etcd_network_client_grpc_received_bytes_total") > 0.0);
+    assert!(delta("etcd_network_client_grpc_sent_bytes_total") > 0.0);
+    assert_eq!(value(&after, "etcd_debugging_mvcc_current_revision"), 26.0);
+    assert_eq!(value(&after, "etcd_debugging_mvcc_compact_revision"), 10.0);
+
+    // The metrics listener serves /metrics and the probes, not the API.
+    let mep = format!("127.0.0.1:{metrics_port}");
+    let m = scrape(&mep);
+    assert_eq!(value(&m, "etcd_server_has_leader"), 1.0);
+    assert_eq!(get(&mep, "/readyz").body, "ok");
+    assert_eq!(get(&mep, "/v3/kv/range").status, 404);
+}
+
+#[tokio::test]
+async fn a_member_cut_off_from_its_peers_is_live_but_not_ready() {
+    let mut c = Cluster::start(3).await;
+    let ep = c.members[0].endpoint();
+    assert_eq!(get(&ep, "/livez").body, "ok");
+    assert_eq!(get(&ep, "/readyz").body, "ok");
+    let h = get(&ep, "/health");
+    assert_eq!(
+        (h.status, h.body.as_str()),
+        (200, r#"{"health":"true","reason":""}"#)
+    );
+    let v = get(&ep, "/readyz?verbose");
+    assert_eq!(
+        v.body,
+        "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\n[+]non_learner ok\nreadyz check passed\n"
+    );
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(c.members[0].channel().await);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("grpc health check")
+        .into_inner()
+        .status;
+    assert_eq!(
+        serving,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // Cut member 1 off: the other two go away.
+    c.members[1].kill();
+    c.members[2].kill();
+    wait_until("member 1 to lose its leader", WAIT, || {
+        let ep = ep.clone();
+        async move { value(&scrape(&ep), "etcd_server_has_leader") == 0.0 }
+    })
+    .await;
+    let live = get(&ep, "/livez");
+    assert_eq!((live.status, live.body.as_str()), (200, "ok"));
+    let ready = get(&ep, "/readyz");
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(
+        ready.body.contains("[-]linearizable_read failed: "),
+        "{ready:?}"
+    );
+    assert!(ready.body.ends_with("readyz check failed\n"), "{ready:?}");
+    let excluded = get(&ep, "/readyz?exclude=linearizable_read");
+    assert_eq!(excluded.status, 200, "{excluded:?}");
+    assert_eq!(get(&ep, "/readyz/serializable_read").status, 200);
+    assert_eq!(get(&ep, "/readyz/linearizable_read").status, 503);
+    let h = get(&ep, "/health");
+    assert_eq!(
+        (h.status, h.body.as_str()),
+        (503, r#"{"health":"false","reason":"RAFT NO LEADER"}"#)
+    );
+    assert_eq!(get(&ep, "/health?serializable=true").status, 200);
+    wait_until("grpc health to report NOT_SERVING", WAIT, || {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .is_ok_and(|r| {
+                    r.into_inner().status
+                        == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+                })
+        }
+    })
+    .await;
+
+    // The peers come back: a leader again, ready again.
+    c.members[1].start();
+    c.members[2].start();
+    wait_until("member 1 to be ready again", WAIT, || {
+        let ep = ep.clone();
+        async move { get(&ep, "/readyz").status == 200 }
+    })
+    .await;
+    assert_eq!(value(&scrape(&ep), "etcd_server_has_leader"), 1.0);
+    assert_eq!(get(&ep, "/health").status, 200);
+    let post = curl(&format!("http://{ep}/health"), &["-X", "POST"]);
+    assert_eq!(post.status, 405);
+}
+
+#[tokio::test]
+async fn writes_past_the_quota_raise_nospace_until_compact_defrag_and_disarm() {
+    let c = Cluster::start_with(Kind::Oxcd, 1, &["--quota-backend-bytes=1048576"]).await;
+    let ep = c.members[0].endpoint();
+    let value = "x".repeat(64 * 1024);
+    let mut refused = None;
+    for i in 0..64 {
+        let out = etcdctl(&ep, &["put", &format!("big{i}"), &value]);
+        if !out.ok {
+            refused = Some(out);
+            break;
+        }
+    }
+    let refused = refused.expect("a put past the 1 MiB quota is refused");
+    assert_eq!(
+        error_line(&refused),
+        "Error: etcdserver: mvcc: database space exceeded"
+    );
+    let alarms = etcdctl(&ep, &["alarm", "list"]);
+    assert!(
+        alarms.stdout.starts_with("memberID:")
+            && alarms.stdout.trim_end().ends_with("alarm:NOSPACE"),
+        "{alarms:?}"
+    );
+    let h = get(&ep, "/health");
+    assert_eq!(
+        (h.status, h.body.as_str()),
+        (503, r#"{"health":"false","reason":"ALARM NOSPACE"}"#)
+    );
+    assert_eq!(get(&ep, "/health?exclude=NOSPACE").status, 200);
+    // Small writes and lease grants are refused too; reads and deletes are not.
+    assert_eq!(
+        error_line(&etcdctl(&ep, &["put", "small", "v"])),
+        "Error: etcdserver: mvcc: database space exceeded"
+    );
+    assert_eq!(
+        error_line(&etcdctl(&ep, &["lease", "grant", "60"])),
+        "Error: failed to grant lease (etcdserver: mvcc: database space exceeded)"
+    );
+    assert!(etcdctl(&ep, &["get", "big0", "--keys-only"]).ok);
+    let del = etcdctl(&ep, &["del", "--prefix", "big"]);
+    assert!(del.ok, "{del:?}");
+    // Disarming alone does not help while the space is still taken: compact and defrag first.
+    let rev = etcdctl(&ep, &["get", "x", "-w", "json"]);
+    let rev: serde_json::Value = serde_json::from_str(&rev.stdout).expect("json");
+    let rev = rev["header"]["revision"].as_i64().expect("revision");
+    assert!(etcdctl(&ep, &["compact", &rev.to_string()]).ok);
+    let defrag = etcdctl(&ep, &["defrag"]);
+    assert!(
+        defrag
+            .stdout
+            .starts_with("Finished defragmenting etcd member["),
+        "{defrag:?}"
+    );
+    let disarm = etcdctl(&ep, &["alarm", "disarm"]);
+    assert!(
+        disarm.stdout.trim_end().ends_with("alarm:NOSPACE"),
+        "{disarm:?}"
+    );
+    assert_eq!(etcdctl(&ep, &["alarm", "list"]).stdout, "");
+    assert_eq!(etcdctl(&ep, &["put", "small", "v"]).stdout, "OK\n");
+    assert_eq!(get(&ep, "/health").status, 200);
+    let status = etcdctl(&ep, &["endpoint", "status", "-w", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
+    assert!(status[0]["Status"]["errors"].is_null(), "{status}");
+    assert!(status[0]["Status"]["dbSize"].as_i64().unwrap_or(0) < 1048576);
+}
