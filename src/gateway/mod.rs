@@ -49,18 +49,42 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
+/// The header grpc-gateway adds to answers that came from the gRPC service.
+const GRPC_METADATA_CONTENT_TYPE: &str = "grpc-metadata-content-type";
+
 fn json_response(status: StatusCode, body: String) -> Response {
+    if status == StatusCode::OK {
+        return (
+            status,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (
+                    header::HeaderName::from_static(GRPC_METADATA_CONTENT_TYPE),
+                    "application/grpc",
+                ),
+            ],
+            body,
+        )
+            .into_response();
+    }
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// A unary error as etcd's gateway writes it.
+/// A unary error as etcd's gateway writes it: `{"error":..,"code":..,"message":..}`.
 fn error_response(s: &Status) -> Response {
-    let body = serde_json::json!({
-        "error": s.message(),
-        "code": s.code() as i32,
-        "message": s.message(),
-    });
-    json_response(http_status(s.code()), body.to_string())
+    #[derive(Serialize)]
+    struct GatewayError<'a> {
+        error: &'a str,
+        code: i32,
+        message: &'a str,
+    }
+    let body = GatewayError {
+        error: s.message(),
+        code: s.code() as i32,
+        message: s.message(),
+    };
+    let json = serde_json::to_string(&body).unwrap_or_default();
+    json_response(http_status(s.code()), json)
 }
 
 /// A stream error as etcd's gateway writes it, in place of the next message.
@@ -84,11 +108,12 @@ fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-/// Parses a stream of request messages (concatenated or newline-separated JSON objects).
-fn parse_all<T: DeserializeOwned>(body: &[u8]) -> Vec<Result<T, Status>> {
+/// Parses a stream's request messages (concatenated or newline-separated JSON objects); a body
+/// that is not JSON fails the call with `Unknown`, as grpc-gateway's stream decoding does.
+fn parse_stream<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, Status> {
     serde_json::Deserializer::from_slice(body)
         .into_iter::<T>()
-        .map(|r| r.map_err(|e| Status::invalid_argument(e.to_string())))
+        .map(|r| r.map_err(|e| Status::unknown(e.to_string())))
         .collect()
 }
 
@@ -152,7 +177,13 @@ fn stream_response<T: Serialize + Send + 'static>(messages: Messages<T>) -> Resp
     });
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (
+                header::HeaderName::from_static(GRPC_METADATA_CONTENT_TYPE),
+                "application/grpc",
+            ),
+        ],
         Body::from_stream(lines),
     )
         .into_response()
@@ -243,8 +274,36 @@ pub fn routes(services: &Services) -> Router {
         .route("/watch", post(watch_handler))
         .route("/lease/keepalive", post(keepalive_handler))
         .route("/maintenance/snapshot", post(snapshot_handler));
-    let v3 = r.with_state(services);
+    let v3 = r
+        .fallback(gateway_not_found)
+        .method_not_allowed_fallback(gateway_method_not_allowed)
+        .with_state(services);
     Router::new().nest("/v3", v3.clone()).nest("/v3beta", v3)
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (
+                header::HeaderName::from_static("x-content-type-options"),
+                "nosniff",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// grpc-gateway's answer to an unknown `/v3/` path.
+async fn gateway_not_found() -> Response {
+    plain(StatusCode::NOT_FOUND, "Not Found\n")
+}
+
+/// grpc-gateway's answer to a method other than POST.
+async fn gateway_method_not_allowed() -> Response {
+    plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
 }
 
 async fn watch_handler(State(s): State<Services>, headers: HeaderMap, body: Bytes) -> Response {
@@ -252,14 +311,20 @@ async fn watch_handler(State(s): State<Services>, headers: HeaderMap, body: Byte
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let requests = parse_all(&body);
-    let inbound = futures::stream::iter(requests);
+    let requests = match parse_stream(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    let inbound = futures::stream::iter(requests.into_iter().map(Ok));
     stream_response(watch::open(s.node.clone(), token, false, inbound))
 }
 
 async fn keepalive_handler(State(s): State<Services>, body: Bytes) -> Response {
-    let requests = parse_all(&body);
-    let inbound = futures::stream::iter(requests);
+    let requests = match parse_stream(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    let inbound = futures::stream::iter(requests.into_iter().map(Ok));
     stream_response(lease::keep_alive_stream(s.node.clone(), inbound))
 }
 

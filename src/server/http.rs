@@ -72,15 +72,13 @@ async fn metrics_handler(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn version_handler() -> Response {
-    let body = serde_json::json!({
-        "etcdserver": crate::REPORTED_ETCD_VERSION,
-        "etcdcluster": format!("{}.0", crate::ETCD_API_VERSION),
-    });
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    // etcd's field order: server version, then cluster version.
+    let body = format!(
+        "{{\"etcdserver\":\"{}\",\"etcdcluster\":\"{}.0\"}}",
+        crate::REPORTED_ETCD_VERSION,
+        crate::ETCD_API_VERSION
+    );
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// The service behind each client connection: gRPC or HTTP by content type.

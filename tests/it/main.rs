@@ -6,6 +6,7 @@ mod auth_enforce;
 mod auth_jwt;
 mod cli;
 mod cluster;
+mod gateway;
 mod harness;
 mod kv_client;
 mod kv_etcdctl;

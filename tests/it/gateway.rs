@@ -1,0 +1,310 @@
+//! The JSON gateway with `curl`, side by side with the real etcd: the same requests, the same
+//! HTTP statuses and the same JSON, field by field (IDs and terms that differ between two clusters
+//! blanked).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use serde_json::Value;
+
+use crate::harness::*;
+use crate::ops::{curl, Http};
+
+/// POSTs `body` to `path` with an optional `Authorization` token.
+fn post(endpoint: &str, path: &str, body: &str, token: Option<&str>) -> Http {
+    let auth = token.map(|t| format!("Authorization: {t}"));
+    let mut args = vec!["-X", "POST", "-d", body];
+    if let Some(a) = &auth {
+        args.push("-H");
+        args.push(a);
+    }
+    curl(&format!("http://{endpoint}{path}"), &args)
+}
+
+/// Blanks what differs between two clusters: IDs, terms, tokens, watch IDs.
+fn blank(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if ["cluster_id", "member_id", "raft_term", "token", "watch_id"]
+                    .contains(&k.as_str())
+                {
+                    *x = Value::String("N".to_string());
+                } else {
+                    blank(x);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(blank),
+        _ => {}
+    }
+}
+
+fn json(body: &str) -> Value {
+    let mut v: Value = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
+    blank(&mut v);
+    v
+}
+
+/// Sends the same request to both servers and asserts the same status and JSON.
+fn same(
+    etcd: &str,
+    oxcd: &str,
+    path: &str,
+    body: &str,
+    token: (Option<&str>, Option<&str>),
+) -> Http {
+    let e = post(etcd, path, body, token.0);
+    let o = post(oxcd, path, body, token.1);
+    assert_eq!(
+        (e.status, json(&e.body)),
+        (o.status, json(&o.body)),
+        "POST {path} {body}: etcd (left) and oxcd (right) differ"
+    );
+    assert_eq!(e.content_type, o.content_type, "content type of {path}");
+    assert_ne!(o.status, 0, "no answer to POST {path}");
+    o
+}
+
+/// A streaming `curl -N` whose output lines are read as they arrive; killed on drop.
+struct CurlStream {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl CurlStream {
+    fn post(endpoint: &str, path: &str, body: &str) -> CurlStream {
+        let mut child = Command::new("curl")
+            .args(["-sN", "-X", "POST", "-d", body])
+            .arg(format!("http://{endpoint}{path}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run curl");
+        let out = child.stdout.take().expect("curl stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        CurlStream { child, lines }
+    }
+
+    fn line(&self) -> Value {
+        let l = self
+            .lines
+            .recv_timeout(WAIT)
+            .expect("a streamed line within the timeout");
+        json(&l)
+    }
+}
+
+impl Drop for CurlStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn gateway_kv_lease_and_watch_match_etcd() {
+    let etcd = Cluster::start_with(Kind::Etcd, 1, &[]).await;
+    let oxcd = Cluster::start(1).await;
+    let (e, o) = (etcd.members[0].endpoint(), oxcd.members[0].endpoint());
+    let none = (None, None);
+
+    // KV: put, prev_kv, ranges, a txn (camelCase input), deletes, compaction and its errors.
+    for (path, body) in [
+        ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#),
+        (
+            "/v3/kv/put",
+            r#"{"key":"Zm9v","value":"YmF6","prev_kv":true}"#,
+        ),
+        ("/v3/kv/put", r#"{"key":"Zm9vMQ==","value":"MQ=="}"#),
+        ("/v3/kv/range", r#"{"key":"Zm9v"}"#),
+        (
+            "/v3/kv/range",
+            r#"{"key":"Zm9v","range_end":"Zm9w","keys_only":true}"#,
+        ),
+        (
+            "/v3/kv/range",
+            r#"{"key":"Zm9v","range_end":"Zm9w","count_only":true}"#,
+        ),
+        ("/v3/kv/range", r#"{"key":"bm9uZQ=="}"#),
+        (
+            "/v3beta/kv/range",
+            r#"{"key":"Zm9v","limit":1,"sort_order":"DESCEND"}"#,
+        ),
+        (
+            "/v3/kv/txn",
+            r#"{"compare":[{"target":"VALUE","key":"Zm9v","value":"YmF6","result":"EQUAL"}],"success":[{"requestPut":{"key":"Zm9v","value":"cXV4"}}],"failure":[{"request_range":{"key":"Zm9v"}}]}"#,
+        ),
+        (
+            "/v3/kv/txn",
+            r#"{"compare":[{"target":"VERSION","key":"Zm9v","version":"1","result":"EQUAL"}],"success":[],"failure":[{"request_range":{"key":"Zm9v"}},{"request_txn":{"success":[{"request_range":{"key":"Zm9vMQ=="}}]}}]}"#,
+        ),
+        (
+            "/v3/kv/txn",
+            r#"{"success":[{"request_put":{"key":"YQ=="}},{"request_put":{"key":"YQ=="}}]}"#,
+        ),
+        ("/v3/kv/deleterange", r#"{"key":"Zm9vMQ==","prev_kv":true}"#),
+        ("/v3/kv/deleterange", r#"{"key":"Zm9vMQ=="}"#),
+        ("/v3/kv/compaction", r#"{"revision":"2"}"#),
+        ("/v3/kv/compaction", r#"{"revision":"2"}"#),
+        ("/v3/kv/compaction", r#"{"revision":"1000"}"#),
+        ("/v3/kv/range", r#"{"key":"Zm9v","revision":"1"}"#),
+        ("/v3/kv/put", r#"{"value":"YmFy"}"#),
+        // Leases with a client-chosen ID (server-chosen IDs differ by design).
+        ("/v3/lease/grant", r#"{"ID":"4242","TTL":"60"}"#),
+        ("/v3/lease/grant", r#"{"ID":"4242","TTL":"60"}"#),
+        (
+            "/v3/kv/put",
+            r#"{"key":"bGs=","value":"dg==","lease":"4242"}"#,
+        ),
+        ("/v3/lease/leases", "{}"),
+        ("/v3/kv/lease/timetolive", r#"{"ID":"9999","keys":true}"#),
+        ("/v3/maintenance/alarm", r#"{"action":"GET"}"#),
+    ] {
+        same(&e, &o, path, body, none);
+    }
+    // TTLs count down independently: compare the keys a lease holds and its granted TTL.
+    let ttl = |ep: &str| {
+        let mut v = json(
+            &post(
+                ep,
+                "/v3/lease/timetolive",
+                r#"{"ID":"4242","keys":true}"#,
+                None,
+            )
+            .body,
+        );
+        v["TTL"] = Value::Null;
+        v
+    };
+    assert_eq!(ttl(&e), ttl(&o));
+    let ka = |ep: &str| {
+        let mut v = json(&post(ep, "/v3/lease/keepalive", r#"{"ID":"4242"}"#, None).body);
+        v["result"]["TTL"] = Value::Null;
+        v
+    };
+    assert_eq!(ka(&e), ka(&o));
+    same(&e, &o, "/v3/lease/keepalive", r#"{"ID":"12345"}"#, none);
+    same(&e, &o, "/v3/lease/revoke", r#"{"ID":"4242"}"#, none);
+    same(&e, &o, "/v3/kv/range", r#"{"key":"bGs="}"#, none);
+
+    // Unknown paths and methods.
+    for (ep, _) in [(&e, "etcd"), (&o, "oxcd")] {
+        let get = curl(&format!("http://{ep}/v3/kv/range"), &[]);
+        assert_eq!(
+            (get.status, get.body.as_str()),
+            (405, "Method Not Allowed\n")
+        );
+        let unknown = post(ep, "/v3/kv/nope", "{}", None);
+        assert_eq!(
+            (unknown.status, unknown.body.as_str()),
+            (404, "Not Found\n")
+        );
+        let version = curl(&format!("http://{ep}/version"), &[]);
+        let v: Value = serde_json::from_str(&version.body).expect("version json");
+        assert!(
+            v["etcdserver"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("3.5.")),
+            "{v}"
+        );
+        assert_eq!(v["etcdcluster"], "3.5.0");
+    }
+
+    // A streamed watch: created, then one event per put.
+    let we = CurlStream::post(&e, "/v3/watch", r#"{"create_request":{"key":"d2F0Y2g="}}"#);
+    let wo = CurlStream::post(&o, "/v3/watch", r#"{"create_request":{"key":"d2F0Y2g="}}"#);
+    assert_eq!(we.line(), wo.line());
+    same(
+        &e,
+        &o,
+        "/v3/kv/put",
+        r#"{"key":"d2F0Y2g=","value":"MQ=="}"#,
+        none,
+    );
+    same(&e, &o, "/v3/kv/deleterange", r#"{"key":"d2F0Y2g="}"#, none);
+    assert_eq!(we.line(), wo.line());
+    assert_eq!(we.line(), wo.line());
+}
+
+#[tokio::test]
+async fn gateway_authentication_and_permissions_match_etcd() {
+    let etcd = Cluster::start_with(Kind::Etcd, 1, &[]).await;
+    let oxcd = Cluster::start(1).await;
+    let (e, o) = (etcd.members[0].endpoint(), oxcd.members[0].endpoint());
+    let none = (None, None);
+    for (path, body) in [
+        ("/v3/auth/role/add", r#"{"name":"root"}"#),
+        (
+            "/v3/auth/user/add",
+            r#"{"name":"root","password":"123456"}"#,
+        ),
+        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+        ("/v3/auth/role/add", r#"{"name":"usr"}"#),
+        (
+            "/v3/auth/role/grant",
+            r#"{"name":"usr","perm":{"permType":"READ","key":"Lw==","range_end":"MA=="}}"#,
+        ),
+        ("/v3/auth/user/add", r#"{"name":"usr","password":"123456"}"#),
+        ("/v3/auth/user/grant", r#"{"user":"usr","role":"usr"}"#),
+        ("/v3/kv/put", r#"{"key":"L2Zvbw==","value":"YmFy"}"#),
+        ("/v3/auth/enable", "{}"),
+        (
+            "/v3/auth/authenticate",
+            r#"{"name":"usr","password":"wrong"}"#,
+        ),
+        (
+            "/v3/auth/authenticate",
+            r#"{"name":"nobody","password":"x"}"#,
+        ),
+        ("/v3/kv/range", r#"{"key":"L2Zvbw=="}"#),
+    ] {
+        same(&e, &o, path, body, none);
+    }
+    let token = |ep: &str, user: &str| {
+        let r = post(
+            ep,
+            "/v3/auth/authenticate",
+            &format!(r#"{{"name":"{user}","password":"123456"}}"#),
+            None,
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let v: Value = serde_json::from_str(&r.body).expect("json");
+        v["token"].as_str().expect("a token").to_string()
+    };
+    let (ue, uo) = (token(&e, "usr"), token(&o, "usr"));
+    let usr = (Some(ue.as_str()), Some(uo.as_str()));
+    same(&e, &o, "/v3/kv/range", r#"{"key":"L2Zvbw=="}"#, usr);
+    same(
+        &e,
+        &o,
+        "/v3/kv/put",
+        r#"{"key":"L2Zvbw==","value":"eA=="}"#,
+        usr,
+    );
+    same(&e, &o, "/v3/kv/range", r#"{"key":"Zm9v"}"#, usr);
+    same(&e, &o, "/v3/auth/disable", "{}", usr);
+    same(
+        &e,
+        &o,
+        "/v3/kv/range",
+        r#"{"key":"L2Zvbw=="}"#,
+        (Some("garbage"), Some("garbage")),
+    );
+    let (re, ro) = (token(&e, "root"), token(&o, "root"));
+    let root = (Some(re.as_str()), Some(ro.as_str()));
+    same(&e, &o, "/v3/auth/status", "{}", root);
+    same(&e, &o, "/v3/auth/user/get", r#"{"name":"usr"}"#, root);
+    same(&e, &o, "/v3/auth/role/get", r#"{"role":"usr"}"#, root);
+    same(&e, &o, "/v3/auth/user/list", "{}", root);
+    same(&e, &o, "/v3/auth/disable", "{}", root);
+    same(&e, &o, "/v3/auth/status", "{}", none);
+}
