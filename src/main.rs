@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use oxcd::config::{Command, Config, Flags};
+use oxcd::config::{Command, Config, Flags, SnapshotCommand};
 use oxcd::node::Node;
 
 fn print_version() {
@@ -21,6 +21,15 @@ fn main() -> ExitCode {
     if flags.version || matches!(flags.command, Some(Command::Version)) {
         print_version();
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Snapshot { command }) = &flags.command {
+        return match snapshot_command(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     // Everything is checked before the data directory is touched.
     let settings = match Config::load(&flags).and_then(|c| c.validate()) {
@@ -50,6 +59,91 @@ fn main() -> ExitCode {
             tracing::error!(error = %e, "oxcd stopped");
             eprintln!("oxcd: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `oxcd snapshot restore|status`, with etcdutl's flags and output.
+fn snapshot_command(cmd: &SnapshotCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use oxcd::node::snapshot;
+    match cmd {
+        SnapshotCommand::Restore {
+            file,
+            data_dir,
+            name,
+            initial_cluster,
+            initial_cluster_token,
+            initial_advertise_peer_urls,
+            skip_hash_check,
+        } => {
+            let listed = initial_cluster.split(',').any(|m| {
+                m.split_once('=').is_some_and(|(n, url)| {
+                    n.trim() == name
+                        && initial_advertise_peer_urls
+                            .split(',')
+                            .any(|u| u.trim() == url.trim())
+                })
+            });
+            if !listed {
+                return Err(format!(
+                    "--initial-cluster has no {name}={initial_advertise_peer_urls}: it must list this member with its --initial-advertise-peer-urls"
+                )
+                .into());
+            }
+            let dir = data_dir
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from(format!("{name}.oxcd")));
+            let st = snapshot::restore(file, &dir, skip_hash_check.unwrap_or(false))?;
+            println!(
+                "restored snapshot {} (revision {}, {} rows) into {}; start the member with --name={name} --initial-cluster={initial_cluster} --initial-cluster-token={initial_cluster_token} --initial-advertise-peer-urls={initial_advertise_peer_urls} --initial-cluster-state=new",
+                file.display(),
+                st.revision,
+                st.total_key,
+                dir.display()
+            );
+            Ok(())
+        }
+        SnapshotCommand::Status { file, write_out } => {
+            let st = snapshot::status(file)?;
+            match write_out.as_str() {
+                "json" => println!("{}", serde_json::to_string(&st)?),
+                "table" => {
+                    let row = [
+                        format!("{:x}", st.hash),
+                        st.revision.to_string(),
+                        st.total_key.to_string(),
+                        st.total_size.to_string(),
+                    ];
+                    let heads = ["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"];
+                    let widths: Vec<usize> = heads
+                        .iter()
+                        .zip(&row)
+                        .map(|(h, r)| h.len().max(r.len()) + 2)
+                        .collect();
+                    let line: String = widths
+                        .iter()
+                        .map(|w| format!("+{}", "-".repeat(*w)))
+                        .collect::<String>()
+                        + "+";
+                    let cells = |vals: &[String]| {
+                        vals.iter()
+                            .zip(&widths)
+                            .map(|(v, w)| format!("|{v:^w$}"))
+                            .collect::<String>()
+                            + "|"
+                    };
+                    println!("{line}");
+                    println!("{}", cells(&heads.map(str::to_string)));
+                    println!("{line}");
+                    println!("{}", cells(&row));
+                    println!("{line}");
+                }
+                _ => println!(
+                    "{:x}, {}, {}, {}",
+                    st.hash, st.revision, st.total_key, st.total_size
+                ),
+            }
+            Ok(())
         }
     }
 }

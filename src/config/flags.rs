@@ -93,4 +93,53 @@ settings_flags! {
 pub enum Command {
     /// Print the version and exit.
     Version,
+    /// Work with a snapshot file saved by `etcdctl snapshot save` from oxcd.
+    Snapshot {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+/// `oxcd snapshot ...`, with etcdutl's flags.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum SnapshotCommand {
+    /// Build a new member's data directory from a snapshot file.
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The data directory to create (default "<name>.oxcd").
+        #[arg(long = "data-dir")]
+        data_dir: Option<PathBuf>,
+        /// The new member's name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// The new cluster's members, name=peer-URL,... (checked; the member takes it from its
+        /// own command line when it starts).
+        #[arg(
+            long = "initial-cluster",
+            default_value = "default=http://localhost:2380"
+        )]
+        initial_cluster: String,
+        /// The new cluster's token (checked the same way).
+        #[arg(long = "initial-cluster-token", default_value = "etcd-cluster")]
+        initial_cluster_token: String,
+        /// The new member's peer URLs.
+        #[arg(
+            long = "initial-advertise-peer-urls",
+            default_value = "http://localhost:2380"
+        )]
+        initial_advertise_peer_urls: String,
+        /// Restore even if the file's sha256 trailer does not match.
+        #[arg(long = "skip-hash-check", num_args = 0..=1, default_missing_value = "true")]
+        skip_hash_check: Option<bool>,
+    },
+    /// Check a snapshot file and print its hash, revision, row count and size.
+    Status {
+        /// The snapshot file.
+        file: PathBuf,
+        /// Output format: simple, table or json.
+        #[arg(short = 'w', long = "write-out", default_value = "simple")]
+        write_out: String,
+    },
 }

@@ -16,7 +16,7 @@ use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-pub use flags::{Command, Flags};
+pub use flags::{Command, Flags, SnapshotCommand};
 
 /// A configuration error; the process prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]

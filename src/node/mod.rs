@@ -12,6 +12,7 @@
 mod compactor;
 mod lease;
 pub mod quota;
+pub mod snapshot;
 
 pub use lease::min_lease_ttl;
 
@@ -176,6 +177,11 @@ async fn join_identity(settings: &Settings) -> Result<Identity, NodeError> {
     )))
 }
 
+/// Where a member keeps its RocksDB inside its data directory.
+pub fn db_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("member").join("rocksdb")
+}
+
 impl Node {
     /// Starts the member described by `settings`.
     pub async fn start(settings: Settings) -> Result<Arc<Node>, NodeError> {
@@ -190,7 +196,7 @@ impl Node {
             }
             out
         };
-        let db_path = settings.data_dir.join("member").join("rocksdb");
+        let db_path = db_path(&settings.data_dir);
         let is_new = !db_path.exists();
         let joining_identity = if is_new && settings.cluster_state == ClusterState::Existing {
             Some(join_identity(&settings).await?)

@@ -33,6 +33,7 @@ pub use membership::{MemberInfo, MembershipError, MembershipOp, MembershipResult
 pub use peer::{PeerError, PeerNetwork, Peers};
 pub use peer_server::PeerService;
 pub use state_machine::StateMachine;
+pub use state_machine::CLUSTER_META_KEYS;
 
 use crate::apply::{Applied, Op};
 use crate::auth::AuthStore;

@@ -32,6 +32,10 @@ const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_REMOVED: &[u8] = b"removed";
 
+/// The `meta` keys that belong to one cluster's raft history (applied log id, membership,
+/// removed members): a snapshot restored into a new cluster leaves them out.
+pub const CLUSTER_META_KEYS: [&[u8]; 3] = [KEY_APPLIED, KEY_MEMBERSHIP, KEY_REMOVED];
+
 type SErr = StorageError<u64>;
 type Membership = StoredMembership<u64, Member>;
 

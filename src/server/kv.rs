@@ -124,10 +124,9 @@ impl KvService {
         if let Some(c) = c {
             access::txn(&self.node, c, &r)?;
         }
-        let cost = txn_cost(&r);
-        if cost > 0 {
-            self.node.check_quota(cost).await?;
-        }
+        // etcd checks every txn against the quota, so none passes while the database is over
+        // it (even one without puts, whose cost is 0).
+        self.node.check_quota(txn_cost(&r)).await?;
         match self.propose(Op::Txn(Pb(r)), c).await? {
             Applied::Txn(Pb(mut resp)) => {
                 resp.header = self.header(resp.header);

@@ -540,6 +540,17 @@ impl Cluster {
 
     /// Starts `n` members of `kind` with `extra` flags and waits until they serve.
     pub async fn start_with(kind: Kind, n: usize, extra: &[&str]) -> Cluster {
+        Self::start_prepared(kind, n, extra, |_| {}).await
+    }
+
+    /// Like [`Cluster::start_with`], calling `prepare` on each member's spec (its initial cluster
+    /// filled in) before the member starts, to lay out its data directory.
+    pub async fn start_prepared(
+        kind: Kind,
+        n: usize,
+        extra: &[&str],
+        prepare: impl Fn(&MemberSpec),
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let specs: Vec<MemberSpec> = (0..n)
             .map(|i| MemberSpec {
@@ -561,6 +572,7 @@ impl Cluster {
             .into_iter()
             .map(|mut s| {
                 s.initial_cluster = initial.clone();
+                prepare(&s);
                 Member::spawn(kind, s, dir.path())
             })
             .collect();

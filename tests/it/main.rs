@@ -13,4 +13,5 @@ mod kv_etcdctl;
 mod lease;
 mod ops;
 mod persistence;
+mod snapshot;
 mod watch;
