@@ -29,6 +29,7 @@ pub mod raft;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 pub mod types;
 
 /// The oxcd version.
@@ -52,6 +53,7 @@ mod layering {
         ("telemetry", 0),
         ("proto", 0),
         ("metrics", 0),
+        ("tls", 0),
         ("storage", 1),
         ("mvcc", 2),
         ("lease", 2),

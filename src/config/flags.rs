@@ -59,6 +59,17 @@ settings_flags! {
     name => "name", "Human-readable name for this member (default \"default\").";
     data_dir => "data-dir", "Path to the data directory (default \"<name>.oxcd\").";
     listen_client_urls => "listen-client-urls", "URLs to listen on for client traffic (default http://localhost:2379).";
+    cert_file => "cert-file", "Path to the client server TLS certificate file.";
+    key_file => "key-file", "Path to the client server TLS key file.";
+    trusted_ca_file => "trusted-ca-file", "Path to the client server TLS trusted CA certificate file.";
+    client_cert_auth => "client-cert-auth", "Require client certificates signed by --trusted-ca-file; with authentication on, the certificate's common name is the user (default false).", bare = "true";
+    auto_tls => "auto-tls", "Client TLS with a generated self-signed certificate (default false).", bare = "true";
+    peer_cert_file => "peer-cert-file", "Path to the peer server TLS certificate file (also the client certificate towards peers).";
+    peer_key_file => "peer-key-file", "Path to the peer server TLS key file.";
+    peer_trusted_ca_file => "peer-trusted-ca-file", "Path to the peer server TLS trusted CA file.";
+    peer_client_cert_auth => "peer-client-cert-auth", "Require peer client certificates signed by --peer-trusted-ca-file (default false).", bare = "true";
+    peer_auto_tls => "peer-auto-tls", "Peer TLS with generated self-signed certificates (default false).", bare = "true";
+    self_signed_cert_validity => "self-signed-cert-validity", "Validity of the auto-TLS certificates, in years (default 1).";
     listen_metrics_urls => "listen-metrics-urls", "More URLs to serve /metrics and the health endpoints on (default none).";
     advertise_client_urls => "advertise-client-urls", "Client URLs to advertise to the cluster (default http://localhost:2379).";
     listen_peer_urls => "listen-peer-urls", "URLs to listen on for peer traffic (default http://localhost:2380).";

@@ -86,6 +86,39 @@ pub struct Config {
     pub listen_client_urls: String,
     /// `--listen-metrics-urls`.
     pub listen_metrics_urls: String,
+    /// `--cert-file`.
+    #[serde(deserialize_with = "de::string")]
+    pub cert_file: String,
+    /// `--key-file`.
+    #[serde(deserialize_with = "de::string")]
+    pub key_file: String,
+    /// `--trusted-ca-file`.
+    #[serde(deserialize_with = "de::string")]
+    pub trusted_ca_file: String,
+    /// `--client-cert-auth`.
+    #[serde(deserialize_with = "de::boolean")]
+    pub client_cert_auth: bool,
+    /// `--auto-tls`.
+    #[serde(deserialize_with = "de::boolean")]
+    pub auto_tls: bool,
+    /// `--peer-cert-file`.
+    #[serde(deserialize_with = "de::string")]
+    pub peer_cert_file: String,
+    /// `--peer-key-file`.
+    #[serde(deserialize_with = "de::string")]
+    pub peer_key_file: String,
+    /// `--peer-trusted-ca-file`.
+    #[serde(deserialize_with = "de::string")]
+    pub peer_trusted_ca_file: String,
+    /// `--peer-client-cert-auth`.
+    #[serde(deserialize_with = "de::boolean")]
+    pub peer_client_cert_auth: bool,
+    /// `--peer-auto-tls`.
+    #[serde(deserialize_with = "de::boolean")]
+    pub peer_auto_tls: bool,
+    /// `--self-signed-cert-validity` in years.
+    #[serde(deserialize_with = "de::u64")]
+    pub self_signed_cert_validity: u64,
     /// Comma-separated client URLs advertised to the cluster.
     #[serde(deserialize_with = "de::string")]
     pub advertise_client_urls: String,
@@ -173,6 +206,17 @@ impl Default for Config {
             data_dir: String::new(),
             listen_client_urls: "http://localhost:2379".to_string(),
             listen_metrics_urls: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            trusted_ca_file: String::new(),
+            client_cert_auth: false,
+            auto_tls: false,
+            peer_cert_file: String::new(),
+            peer_key_file: String::new(),
+            peer_trusted_ca_file: String::new(),
+            peer_client_cert_auth: false,
+            peer_auto_tls: false,
+            self_signed_cert_validity: 1,
             advertise_client_urls: "http://localhost:2379".to_string(),
             listen_peer_urls: "http://localhost:2380".to_string(),
             initial_advertise_peer_urls: "http://localhost:2380".to_string(),
@@ -243,6 +287,16 @@ pub struct Settings {
     pub listen_client: Vec<SocketAddr>,
     /// Extra listen addresses for `/metrics` and the health endpoints.
     pub listen_metrics: Vec<SocketAddr>,
+    /// Which client listen addresses speak TLS (`https` URLs), by index of `listen_client`.
+    pub listen_client_tls: Vec<bool>,
+    /// Which metrics listen addresses speak TLS.
+    pub listen_metrics_tls: Vec<bool>,
+    /// Whether the peer listeners speak TLS (`https` peer URLs).
+    pub listen_peer_tls: bool,
+    /// Client TLS settings (used by `https` client URLs).
+    pub client_tls: TlsSettings,
+    /// Peer TLS settings (used by `https` peer URLs, listening and dialing).
+    pub peer_tls: TlsSettings,
     /// Advertised client URLs.
     pub advertise_client_urls: Vec<String>,
     /// Peer listen addresses.
@@ -327,11 +381,72 @@ impl Config {
             PathBuf::from(&self.data_dir)
         };
         let listen_client = listen_addrs("listen-client-urls", &self.listen_client_urls)?;
+        let listen_client_tls = https_flags("listen-client-urls", &self.listen_client_urls)?;
         let listen_metrics = if self.listen_metrics_urls.trim().is_empty() {
             Vec::new()
         } else {
             listen_addrs("listen-metrics-urls", &self.listen_metrics_urls)?
         };
+        let listen_metrics_tls = https_flags("listen-metrics-urls", &self.listen_metrics_urls)?;
+        let client_tls = TlsSettings {
+            cert_file: non_empty(&self.cert_file),
+            key_file: non_empty(&self.key_file),
+            trusted_ca_file: non_empty(&self.trusted_ca_file),
+            client_cert_auth: self.client_cert_auth,
+            auto: self.auto_tls,
+            validity_years: self.self_signed_cert_validity.max(1),
+        };
+        let peer_tls = TlsSettings {
+            cert_file: non_empty(&self.peer_cert_file),
+            key_file: non_empty(&self.peer_key_file),
+            trusted_ca_file: non_empty(&self.peer_trusted_ca_file),
+            client_cert_auth: self.peer_client_cert_auth,
+            auto: self.peer_auto_tls,
+            validity_years: self.self_signed_cert_validity.max(1),
+        };
+        for (i, url) in url_list("listen-client-urls", &self.listen_client_urls)?
+            .iter()
+            .enumerate()
+        {
+            if listen_client_tls.get(i) == Some(&true) && !client_tls.has_identity() {
+                return Err(invalid(
+                    "listen-client-urls",
+                    url,
+                    format!("TLS key/cert (--cert-file, --key-file) must be provided for client url {url} with HTTPS scheme"),
+                ));
+            }
+        }
+        if client_tls.client_cert_auth && client_tls.trusted_ca_file.is_none() {
+            return Err(invalid(
+                "client-cert-auth",
+                "true",
+                "--trusted-ca-file must be provided to verify client certificates",
+            ));
+        }
+        let listen_peer_tls = https_flags("listen-peer-urls", &self.listen_peer_urls)?
+            .iter()
+            .any(|t| *t);
+        if listen_peer_tls && !peer_tls.has_identity() {
+            return Err(invalid(
+                "listen-peer-urls",
+                &self.listen_peer_urls,
+                "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer urls with HTTPS scheme",
+            ));
+        }
+        for (flag, file) in [
+            ("cert-file", &client_tls.cert_file),
+            ("key-file", &client_tls.key_file),
+            ("trusted-ca-file", &client_tls.trusted_ca_file),
+            ("peer-cert-file", &peer_tls.cert_file),
+            ("peer-key-file", &peer_tls.key_file),
+            ("peer-trusted-ca-file", &peer_tls.trusted_ca_file),
+        ] {
+            if let Some(f) = file {
+                if !f.exists() {
+                    return Err(invalid(flag, &f.display().to_string(), "no such file"));
+                }
+            }
+        }
         let advertise_client_urls = url_list("advertise-client-urls", &self.advertise_client_urls)?;
         let listen_peer = listen_addrs("listen-peer-urls", &self.listen_peer_urls)?;
         let advertise_peer_urls = url_list(
@@ -485,6 +600,11 @@ impl Config {
             data_dir,
             listen_client,
             listen_metrics,
+            listen_client_tls,
+            listen_metrics_tls,
+            listen_peer_tls,
+            client_tls,
+            peer_tls,
             advertise_client_urls,
             listen_peer,
             advertise_peer_urls,
@@ -526,19 +646,12 @@ fn url_list(flag: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
     for part in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let url = url::Url::parse(part).map_err(|e| invalid(flag, part, e.to_string()))?;
         match url.scheme() {
-            "http" => {}
-            "https" | "unixs" => {
-                return Err(invalid(
-                    flag,
-                    part,
-                    "TLS (https) is not supported yet; use http",
-                ))
-            }
+            "http" | "https" => {}
             other => {
                 return Err(invalid(
                     flag,
                     part,
-                    format!("URL scheme must be http, got {other:?}"),
+                    format!("URL scheme must be http or https, got {other:?}"),
                 ))
             }
         }
@@ -551,6 +664,45 @@ fn url_list(flag: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
         return Err(invalid(flag, raw, "at least one URL is required"));
     }
     Ok(out)
+}
+
+/// Whether each URL of a list is `https`.
+fn https_flags(flag: &'static str, raw: &str) -> Result<Vec<bool>, ConfigError> {
+    if raw.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(url_list(flag, raw)?
+        .iter()
+        .map(|u| u.starts_with("https://"))
+        .collect())
+}
+
+fn non_empty(s: &str) -> Option<PathBuf> {
+    (!s.trim().is_empty()).then(|| PathBuf::from(s.trim()))
+}
+
+/// TLS settings of one side (clients or peers), with etcd's flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The certificate (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// The CA that signs the other side's certificates (PEM).
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Whether the other side must present a certificate signed by the trusted CA.
+    pub client_cert_auth: bool,
+    /// Generate a self-signed certificate when none is given.
+    pub auto: bool,
+    /// Validity of generated certificates, in years.
+    pub validity_years: u64,
+}
+
+impl TlsSettings {
+    /// Whether a certificate is given or will be generated.
+    pub fn has_identity(&self) -> bool {
+        (self.cert_file.is_some() && self.key_file.is_some()) || self.auto
+    }
 }
 
 fn listen_addrs(flag: &'static str, raw: &str) -> Result<Vec<SocketAddr>, ConfigError> {

@@ -284,6 +284,27 @@ impl Node {
                 settings.data_dir.display()
             )));
         }
+        // Peer TLS: the acceptor for https peer listeners, and the connector for https peer URLs.
+        let peer_dir = settings.data_dir.join("fixtures").join("peer");
+        let peer_hosts = crate::tls::hosts_of(&settings.advertise_peer_urls);
+        let peer_acceptor = if settings.listen_peer_tls {
+            let config = crate::tls::server_config(
+                &settings.peer_tls,
+                &peer_dir,
+                &peer_hosts,
+                "peer-",
+                &[b"h2"],
+            )
+            .map_err(|e| NodeError::Peer(e.to_string()))?;
+            Some(tokio_rustls::TlsAcceptor::from(config))
+        } else {
+            None
+        };
+        if settings.peer_tls.has_identity() || settings.peer_tls.trusted_ca_file.is_some() {
+            let config = crate::tls::peer_client_config(&settings.peer_tls, &peer_dir, &peer_hosts)
+                .map_err(|e| NodeError::Peer(e.to_string()))?;
+            crate::tls::set_peer_client(config);
+        }
         // Serve peers before bootstrapping: the other initial members must be able to reach us.
         let (peer_stop, peer_stopped) = tokio::sync::oneshot::channel::<()>();
         let peer_svc = raft.peer_service(MAX_PEER_MESSAGE);
@@ -295,14 +316,27 @@ impl Node {
                 .tcp_nodelay(true)
                 .add_service(peer_svc.clone());
             let stop = stop_all.clone();
-            tokio::spawn(async move {
-                // TCP_NODELAY on accepted peer sockets (tonic sets it only on listeners it binds).
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
-                    tracing::error!(error = %e, "peer server stopped");
+            match &peer_acceptor {
+                None => {
+                    tokio::spawn(async move {
+                        // TCP_NODELAY on accepted peer sockets (tonic sets it only on listeners
+                        // it binds).
+                        let incoming =
+                            tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
+                        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                            tracing::error!(error = %e, "peer server stopped");
+                        }
+                    });
                 }
-            });
+                Some(acceptor) => {
+                    let incoming = tls_incoming(l, acceptor.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                            tracing::error!(error = %e, "peer server stopped");
+                        }
+                    });
+                }
+            }
         }
         if !identity.joined {
             let members: BTreeMap<u64, Member> = settings
@@ -399,6 +433,45 @@ impl Node {
         }
         tracing::info!("member stopped");
     }
+}
+
+/// Accepted peer connections after their TLS handshake (a failed or slow handshake drops only
+/// that connection).
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a peer connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let conn_tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = conn_tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "peer TLS handshake failed"),
+                    Err(_) => tracing::debug!("peer TLS handshake timed out"),
+                }
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Publishes this member's name and client URLs into the membership (etcd shows members that have

@@ -112,7 +112,12 @@ impl Peers {
                 return Ok(c.clone());
             }
         }
-        let ep = Endpoint::from_shared(url.to_string())
+        // An https peer is dialed through oxcd's own TLS connector (tonic sees a plain URL).
+        let tls = url
+            .strip_prefix("https://")
+            .map(|rest| (format!("http://{rest}"), crate::tls::peer_client()));
+        let target = tls.as_ref().map(|(u, _)| u.as_str()).unwrap_or(url);
+        let ep = Endpoint::from_shared(target.to_string())
             .map_err(|e| PeerError::Transport {
                 id,
                 msg: format!("bad peer URL {url}: {e}"),
@@ -121,7 +126,19 @@ impl Peers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let client = PeerClient::new(ep.connect_lazy())
+        let channel = match tls {
+            None => ep.connect_lazy(),
+            Some((_, Some(config))) => {
+                ep.connect_with_connector_lazy(crate::tls::TlsConnector::new(config))
+            }
+            Some((_, None)) => {
+                return Err(PeerError::Transport {
+                    id,
+                    msg: format!("{url} is https but peer TLS is not configured (--peer-cert-file, --peer-key-file or --peer-auto-tls)"),
+                })
+            }
+        };
+        let client = PeerClient::new(channel)
             .max_decoding_message_size(self.max_message)
             .max_encoding_message_size(self.max_message);
         conns.insert(id, (url.to_string(), client.clone()));

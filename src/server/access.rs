@@ -14,6 +14,7 @@
 use tonic::Request;
 
 use super::error::EtcdError;
+use super::http::ClientCommonName;
 use crate::apply::Op;
 use crate::auth::{Access, AuthError, Caller};
 use crate::node::Node;
@@ -49,7 +50,15 @@ pub async fn caller<T>(node: &Node, req: &Request<T>) -> Result<Option<Caller>, 
 /// member that lags).
 pub async fn caller_local<T>(node: &Node, req: &Request<T>) -> Result<Option<Caller>, EtcdError> {
     match token(req).as_deref() {
-        None if node.auth.enabled() => Ok(Some(Caller::default())),
+        // With `--client-cert-auth`, a TLS client's certificate names the user (etcd's
+        // AuthInfoFromTLS); the gateway never passes it on.
+        None if node.auth.enabled() => Ok(Some(match req.extensions().get::<ClientCommonName>() {
+            Some(cn) if node.settings.client_tls.client_cert_auth => Caller {
+                user: cn.0.to_string(),
+                revision: node.auth.revision(),
+            },
+            _ => Caller::default(),
+        })),
         None => Ok(None),
         Some(t) => match node.auth.resolve(t) {
             Ok(c) => Ok(Some(c)),

@@ -81,11 +81,17 @@ async fn version_handler() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The common name of the certificate a TLS client presented (the user, with
+/// `--client-cert-auth` and authentication on), carried in each request's extensions.
+#[derive(Debug, Clone)]
+pub struct ClientCommonName(pub Arc<str>);
+
 /// The service behind each client connection: gRPC or HTTP by content type.
 #[derive(Clone)]
 pub struct ClientService {
     grpc: tonic::service::Routes,
     http: Router,
+    common_name: Option<Arc<str>>,
 }
 
 impl ClientService {
@@ -94,6 +100,7 @@ impl ClientService {
         ClientService {
             grpc: grpc.prepare(),
             http,
+            common_name: None,
         }
     }
 }
@@ -116,7 +123,10 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<hyper::body::Incoming>) -> BoxFuture {
+    fn call(&mut self, mut req: Request<hyper::body::Incoming>) -> BoxFuture {
+        if let Some(cn) = &self.common_name {
+            req.extensions_mut().insert(ClientCommonName(cn.clone()));
+        }
         if !is_grpc(&req) {
             let mut http = self.http.clone();
             return Box::pin(async move { http.call(req.map(Body::new)).await });
@@ -164,10 +174,15 @@ fn call_is_stream(path: &str) -> bool {
     crate::metrics::grpc::method_type(service, method) != "unary"
 }
 
-/// Accepts connections on `listener` and serves `svc` on each until `stop` resolves.
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections on `listener` (over TLS with `tls`) and serves `svc` on each until `stop`
+/// resolves.
 pub async fn serve_listener(
     listener: TcpListener,
     svc: ClientService,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -190,15 +205,52 @@ pub async fn serve_listener(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "setting TCP_NODELAY");
                 }
-                let conn = builder
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        TowerToHyperService::new(svc.clone()),
-                    )
-                    .into_owned();
-                let conn = graceful.watch(conn);
+                let Some(acceptor) = tls.clone() else {
+                    let conn = builder
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(stream),
+                            TowerToHyperService::new(svc.clone()),
+                        )
+                        .into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "client connection ended");
+                        }
+                    });
+                    continue;
+                };
+                let builder = builder.clone();
+                let mut svc = svc.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "client TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("client TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    svc.common_name = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(crate::tls::common_name)
+                        .map(Arc::from);
+                    let conn = builder
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(stream),
+                            TowerToHyperService::new(svc),
+                        )
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "client connection ended");
                     }
                 });

@@ -34,6 +34,9 @@ use crate::proto::etcdserverpb::watch_server::WatchServer;
 /// Failures of the client listener.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Bind {
@@ -128,18 +131,55 @@ pub async fn serve(
         tonic::service::Routes::default(),
         http::metrics_routes(node.clone()),
     );
+    let settings = &node.settings;
+    let needs_tls = settings
+        .listen_client_tls
+        .iter()
+        .chain(&settings.listen_metrics_tls)
+        .any(|t| *t);
+    let acceptor = if needs_tls {
+        let hosts = crate::tls::hosts_of(&settings.advertise_client_urls);
+        let config = crate::tls::server_config(
+            &settings.client_tls,
+            &settings.data_dir.join("fixtures").join("client"),
+            &hosts,
+            "",
+            &[b"h2", b"http/1.1"],
+        )?;
+        Some(tokio_rustls::TlsAcceptor::from(config))
+    } else {
+        None
+    };
+    let tls_for = |flags: &[bool], i: usize| {
+        if flags.get(i).copied().unwrap_or(false) {
+            acceptor.clone()
+        } else {
+            None
+        }
+    };
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
-    let all = listeners.into_iter().map(|l| (l, client.clone())).chain(
-        metrics_listeners
-            .into_iter()
-            .map(|l| (l, metrics_only.clone())),
-    );
-    for (l, svc) in all {
+    let mut all = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        all.push((l, client.clone(), tls_for(&settings.listen_client_tls, i)));
+    }
+    for (i, l) in metrics_listeners.into_iter().enumerate() {
+        all.push((
+            l,
+            metrics_only.clone(),
+            tls_for(&settings.listen_metrics_tls, i),
+        ));
+    }
+    for (l, svc, tls) in all {
         let mut rx = tx.subscribe();
-        servers.push(tokio::spawn(http::serve_listener(l, svc, async move {
-            let _ = rx.recv().await;
-        })));
+        servers.push(tokio::spawn(http::serve_listener(
+            l,
+            svc,
+            tls,
+            async move {
+                let _ = rx.recv().await;
+            },
+        )));
     }
     shutdown.await;
     let _ = tx.send(());

@@ -14,4 +14,5 @@ mod lease;
 mod ops;
 mod persistence;
 mod snapshot;
+mod tls;
 mod watch;
