@@ -27,6 +27,8 @@ use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::proto::v3electionpb::election_server::Election;
+use crate::proto::v3lockpb::lock_server::Lock;
 use crate::server::{lease, watch, Services};
 
 /// grpc-gateway's HTTP status for a gRPC code.
@@ -270,7 +272,14 @@ pub fn routes(services: &Services) -> Router {
     unary_route!(r, "/auth/role/delete", auth, Auth::role_delete);
     unary_route!(r, "/auth/role/grant", auth, Auth::role_grant_permission);
     unary_route!(r, "/auth/role/revoke", auth, Auth::role_revoke_permission);
+    unary_route!(r, "/lock/lock", lock, Lock::lock);
+    unary_route!(r, "/lock/unlock", lock, Lock::unlock);
+    unary_route!(r, "/election/campaign", election, Election::campaign);
+    unary_route!(r, "/election/proclaim", election, Election::proclaim);
+    unary_route!(r, "/election/leader", election, Election::leader);
+    unary_route!(r, "/election/resign", election, Election::resign);
     r = r
+        .route("/election/observe", post(observe_handler))
         .route("/watch", post(watch_handler))
         .route("/lease/keepalive", post(keepalive_handler))
         .route("/maintenance/snapshot", post(snapshot_handler));
@@ -326,6 +335,17 @@ async fn keepalive_handler(State(s): State<Services>, body: Bytes) -> Response {
     };
     let inbound = futures::stream::iter(requests.into_iter().map(Ok));
     stream_response(lease::keep_alive_stream(s.node.clone(), inbound))
+}
+
+async fn observe_handler(State(s): State<Services>, headers: HeaderMap, body: Bytes) -> Response {
+    let req = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    match Election::observe(&s.election, grpc_request(&headers, req)).await {
+        Ok(stream) => stream_response(stream.into_inner()),
+        Err(e) => error_response(&e),
+    }
 }
 
 async fn snapshot_handler(State(s): State<Services>, headers: HeaderMap, body: Bytes) -> Response {

@@ -8,12 +8,15 @@
 pub mod access;
 pub mod auth;
 pub mod cluster;
+pub mod election;
 pub mod error;
 pub mod guard;
 pub mod http;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
+pub mod recipe;
 pub mod validate;
 pub mod watch;
 
@@ -65,6 +68,10 @@ pub struct Services {
     pub auth: auth::AuthService,
     /// Watch.
     pub watch: watch::WatchService,
+    /// Lock (v3lockpb).
+    pub lock: lock::LockService,
+    /// Election (v3electionpb).
+    pub election: election::ElectionService,
 }
 
 impl Services {
@@ -77,6 +84,8 @@ impl Services {
             maintenance: maintenance::MaintenanceService::new(node.clone()),
             auth: auth::AuthService::new(node.clone()),
             watch: watch::WatchService::new(node.clone()),
+            lock: lock::LockService::new(node.clone()),
+            election: election::ElectionService::new(node.clone()),
             node,
         }
     }
@@ -125,6 +134,12 @@ pub async fn serve(
         .add_service(watch)
         .add_service(lease)
         .add_service(auth)
+        .add_service(crate::proto::v3lockpb::lock_server::LockServer::new(
+            services.lock,
+        ))
+        .add_service(
+            crate::proto::v3electionpb::election_server::ElectionServer::new(services.election),
+        )
         .add_service(health);
     let client = http::ClientService::new(grpc, http::http_routes(node.clone()).merge(gateway));
     let metrics_only = http::ClientService::new(

@@ -193,6 +193,19 @@ async fn gateway_kv_lease_and_watch_match_etcd() {
     };
     assert_eq!(ka(&e), ka(&o));
     same(&e, &o, "/v3/lease/keepalive", r#"{"ID":"12345"}"#, none);
+    // Lock and election through the gateway.
+    for (path, body) in [
+        ("/v3/lock/lock", r#"{"name":"bXlsb2Nr","lease":"4242"}"#),
+        ("/v3/lock/unlock", r#"{"key":"bXlsb2NrLzEwOTI="}"#),
+        (
+            "/v3/election/campaign",
+            r#"{"name":"ZWxlYw==","value":"djE=","lease":"4242"}"#,
+        ),
+        ("/v3/election/leader", r#"{"name":"ZWxlYw=="}"#),
+        ("/v3/election/leader", r#"{"name":"bm9uZQ=="}"#),
+    ] {
+        same(&e, &o, path, body, none);
+    }
     same(&e, &o, "/v3/lease/revoke", r#"{"ID":"4242"}"#, none);
     same(&e, &o, "/v3/kv/range", r#"{"key":"bGs="}"#, none);
 

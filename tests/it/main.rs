@@ -11,6 +11,7 @@ mod harness;
 mod kv_client;
 mod kv_etcdctl;
 mod lease;
+mod lock_election;
 mod ops;
 mod persistence;
 mod snapshot;
