@@ -185,6 +185,9 @@ pub struct Config {
     /// How often the leader checkpoints remaining lease TTLs (a Go duration).
     #[serde(deserialize_with = "de::string")]
     pub experimental_lease_checkpoint_interval: String,
+    /// How often the leader checks members' hashes for corruption (a Go duration; 0 disables).
+    #[serde(deserialize_with = "de::string")]
+    pub experimental_corrupt_check_time: String,
     /// Token type: `simple`, or `jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...`.
     #[serde(deserialize_with = "de::string")]
     pub auth_token: String,
@@ -239,6 +242,7 @@ impl Default for Config {
             watch_progress_notify_interval: "10m".to_string(),
             experimental_enable_lease_checkpoint: false,
             experimental_lease_checkpoint_interval: "5m".to_string(),
+            experimental_corrupt_check_time: "0s".to_string(),
             experimental_enable_lease_checkpoint_persist: false,
             bcrypt_cost: 10,
             auth_token: "simple".to_string(),
@@ -335,6 +339,8 @@ pub struct Settings {
     pub watch_progress_notify_interval: Duration,
     /// How often the leader checkpoints remaining lease TTLs; `None` when it does not.
     pub lease_checkpoint_interval: Option<Duration>,
+    /// How often the leader runs the corruption check; `None` when it does not.
+    pub corrupt_check_interval: Option<Duration>,
     /// bcrypt cost of password hashes.
     pub bcrypt_cost: u32,
     /// How long a simple token lives after its last use.
@@ -595,7 +601,17 @@ impl Config {
                         "expected a positive duration such as 5m or 30s",
                     )
                 })?;
+        let corrupt_check_interval = parse_duration(&self.experimental_corrupt_check_time)
+            .ok_or_else(|| {
+                invalid(
+                    "experimental-corrupt-check-time",
+                    &self.experimental_corrupt_check_time,
+                    "expected a duration such as 5m, 30s or 0s",
+                )
+            })?;
         Ok(Settings {
+            corrupt_check_interval: (!corrupt_check_interval.is_zero())
+                .then_some(corrupt_check_interval),
             name: self.name.clone(),
             data_dir,
             listen_client,

@@ -10,6 +10,7 @@
 //! - Lease expiry runs only on the leader and proposes `LeaseRevoke` (see [`lease`]).
 
 mod compactor;
+pub mod corrupt;
 mod lease;
 pub mod quota;
 pub mod snapshot;
@@ -375,6 +376,10 @@ impl Node {
         node.tasks.lock().push(leader_watch);
         let expiry = tokio::spawn(lease::run(node.clone()));
         node.tasks.lock().push(expiry);
+        if let Some(interval) = node.settings.corrupt_check_interval {
+            let handle = tokio::spawn(corrupt::run(node.clone(), interval));
+            node.tasks.lock().push(handle);
+        }
         if let Some(policy) = node.settings.auto_compaction {
             let handle = tokio::spawn(compactor::run(node.clone(), policy));
             node.tasks.lock().push(handle);

@@ -40,7 +40,7 @@ use crate::auth::AuthStore;
 use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
 use crate::proto::oxcdpeerpb::peer_server::PeerServer;
-use crate::proto::oxcdpeerpb::{CampaignRequest, ClusterInfoRequest, ReadIndexRequest};
+use crate::proto::oxcdpeerpb::{CampaignRequest, ClusterInfoRequest, HashKvAt, ReadIndexRequest};
 use crate::storage::Storage;
 use crate::types::Member;
 
@@ -540,6 +540,34 @@ impl RaftNode {
             )
             .await
             .map(|_| ())
+    }
+
+    /// Member `target`'s key-value hash at `revision`: `Ok(Err(reason))` when it could not
+    /// compute one (for instance it has not applied the revision yet).
+    pub async fn peer_hash_kv(
+        &self,
+        target: u64,
+        revision: i64,
+    ) -> Result<Result<(u32, i64, i64), String>, PeerError> {
+        let node = self
+            .shared
+            .node_of(target)
+            .ok_or(PeerError::NoUrl(target))?;
+        let reply = self
+            .shared
+            .peers
+            .call(
+                target,
+                &node,
+                self.shared.request_timeout,
+                |mut c| async move { c.hash_kv(HashKvAt { revision }).await },
+            )
+            .await?;
+        Ok(if reply.error.is_empty() {
+            Ok((reply.hash, reply.compact_revision, reply.hash_revision))
+        } else {
+            Err(reply.error)
+        })
     }
 
     /// The members of the current configuration.

@@ -18,8 +18,8 @@ use super::{ProposeError, Shared, TypeConfig};
 use crate::apply::{Applied, Op};
 use crate::proto::oxcdpeerpb::peer_server::Peer;
 use crate::proto::oxcdpeerpb::{
-    CampaignRequest, CampaignResponse, ClusterInfoRequest, Payload, ReadIndexRequest,
-    ReadIndexResponse,
+    CampaignRequest, CampaignResponse, ClusterInfoRequest, HashKvAt, HashKvReply, Payload,
+    ReadIndexRequest, ReadIndexResponse,
 };
 
 /// The peer service of one member.
@@ -136,6 +136,23 @@ impl Peer for PeerService {
     ) -> Result<Response<Payload>, Status> {
         let info = self.shared.cluster_info();
         Ok(Response::new(encode(&info).map_err(codec)?))
+    }
+
+    async fn hash_kv(&self, req: Request<HashKvAt>) -> Result<Response<HashKvReply>, Status> {
+        self.refuse_other_cluster(&req)?;
+        let reply = match self.shared.state_machine.hash_kv(req.get_ref().revision) {
+            Ok((hash, compact_revision, hash_revision)) => HashKvReply {
+                hash,
+                compact_revision,
+                hash_revision,
+                error: String::new(),
+            },
+            Err(e) => HashKvReply {
+                error: e,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
     }
 
     async fn campaign(

@@ -95,6 +95,11 @@ fn read_applied(storage: &Storage) -> Result<(Option<LogId<u64>>, Membership), S
 }
 
 impl StateMachine {
+    /// The key-value hash at `revision` (hash, compact revision, hash revision), as HashKV.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), String> {
+        self.mvcc.hash_kv(revision).map_err(|e| e.to_string())
+    }
+
     /// Opens the state machine over the member's storage, store, lease table, auth store and
     /// alarm table.
     pub fn open(

@@ -341,3 +341,91 @@ async fn writes_past_the_quota_raise_nospace_until_compact_defrag_and_disarm() {
     assert!(status[0]["Status"]["errors"].is_null(), "{status}");
     assert!(status[0]["Status"]["dbSize"].as_i64().unwrap_or(0) < 1048576);
 }
+
+#[tokio::test]
+async fn a_member_whose_data_differs_is_flagged_corrupt_by_the_leader() {
+    let mut c =
+        Cluster::start_with(Kind::Oxcd, 3, &["--experimental-corrupt-check-time=300ms"]).await;
+    let eps = c.endpoints();
+    assert!(etcdctl(&eps, &["put", "canary", "AAAAAAAAAAAAAAAA"]).ok);
+    for i in 0..5 {
+        assert!(etcdctl(&eps, &["put", &format!("k{i}"), "v"]).ok);
+    }
+    let leader = c.wait_leader().await;
+    let f = (leader + 1) % 3;
+    // Every member has applied the writes before the follower stops.
+    wait_until("the follower to apply every write", WAIT, || {
+        let ep = c.members[f].endpoint();
+        async move {
+            etcdctl(&ep, &["get", "k4", "--consistency=s", "--print-value-only"]).stdout == "v\n"
+        }
+    })
+    .await;
+    let status = etcdctl(
+        &c.members[f].endpoint(),
+        &["endpoint", "status", "-w", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
+    let follower_id = v[0]["Status"]["header"]["member_id"]
+        .as_u64()
+        .expect("member id");
+    assert!(c.members[f].stop().await, "the follower stops cleanly");
+
+    // Flip one byte of the canary's value in the follower's own storage, behind raft's back.
+    {
+        use oxcd::storage::{Batch, Cf, Storage};
+        let db = oxcd::node::db_path(&c.members[f].spec.data_dir);
+        let storage = Storage::open(&db).expect("open the follower's storage");
+        let mut rows = Vec::new();
+        storage
+            .scan(Cf::Kv, &[], None, |k, v| {
+                rows.push((k.to_vec(), v.to_vec()));
+                Ok(true)
+            })
+            .expect("scan");
+        let needle = b"AAAAAAAAAAAAAAAA";
+        let (k, mut v) = rows
+            .into_iter()
+            .find(|(_, v)| v.windows(needle.len()).any(|w| w == needle))
+            .expect("the canary's row");
+        let at = v
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("position");
+        v[at + 8] = b'B';
+        let mut b = Batch::new();
+        b.put(Cf::Kv, k, v);
+        storage.write(b, true).expect("write");
+    }
+    c.members[f].start();
+    c.members[f].wait_serving().await;
+
+    let ep = c.members[leader].endpoint();
+    let expected = format!("memberID:{follower_id} alarm:CORRUPT");
+    wait_until("the leader to raise CORRUPT for the follower", WAIT, || {
+        let ep = ep.clone();
+        let expected = expected.clone();
+        async move { etcdctl(&ep, &["alarm", "list"]).stdout.contains(&expected) }
+    })
+    .await;
+    // Every member refuses key-value commands, and reports the alarm.
+    for m in &c.members {
+        let out = etcdctl(&m.endpoint(), &["put", "after", "x"]);
+        assert_eq!(
+            error_line(&out),
+            "Error: etcdserver: corrupt cluster",
+            "{out:?}"
+        );
+        let ready = get(&m.endpoint(), "/readyz?verbose");
+        assert_eq!(ready.status, 503, "{ready:?}");
+        assert!(
+            ready.body.contains("[-]data_corruption failed: "),
+            "{ready:?}"
+        );
+        let h = get(&m.endpoint(), "/health");
+        assert_eq!(
+            (h.status, h.body.as_str()),
+            (503, r#"{"health":"false","reason":"ALARM CORRUPT"}"#)
+        );
+    }
+}
