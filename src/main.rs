@@ -39,10 +39,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = oxcd::telemetry::init(&settings.log_level, &settings.log_outputs) {
-        eprintln!("oxcd: {e}");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,7 +49,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings)) {
+    // The span exporter runs on the runtime: install logging inside it.
+    let entered = runtime.enter();
+    if let Err(e) = oxcd::telemetry::init(
+        &settings.log_level,
+        &settings.log_outputs,
+        settings.tracing.as_ref(),
+    ) {
+        eprintln!("oxcd: {e}");
+        return ExitCode::from(2);
+    }
+    drop(entered);
+    let result = runtime.block_on(async {
+        let r = run(settings).await;
+        oxcd::telemetry::shutdown();
+        r
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "oxcd stopped");

@@ -70,6 +70,11 @@ settings_flags! {
     peer_client_cert_auth => "peer-client-cert-auth", "Require peer client certificates signed by --peer-trusted-ca-file (default false).", bare = "true";
     peer_auto_tls => "peer-auto-tls", "Peer TLS with generated self-signed certificates (default false).", bare = "true";
     self_signed_cert_validity => "self-signed-cert-validity", "Validity of the auto-TLS certificates, in years (default 1).";
+    experimental_enable_distributed_tracing => "experimental-enable-distributed-tracing", "Export a span per request to an OpenTelemetry collector over OTLP gRPC (default false).", bare = "true";
+    experimental_distributed_tracing_address => "experimental-distributed-tracing-address", "The OTLP gRPC collector (default localhost:4317).";
+    experimental_distributed_tracing_service_name => "experimental-distributed-tracing-service-name", "The service name on exported spans (default etcd).";
+    experimental_distributed_tracing_instance_id => "experimental-distributed-tracing-instance-id", "The instance ID on exported spans (default none).";
+    experimental_distributed_tracing_sampling_rate => "experimental-distributed-tracing-sampling-rate", "Requests traced per million (default 0).";
     listen_metrics_urls => "listen-metrics-urls", "More URLs to serve /metrics and the health endpoints on (default none).";
     advertise_client_urls => "advertise-client-urls", "Client URLs to advertise to the cluster (default http://localhost:2379).";
     listen_peer_urls => "listen-peer-urls", "URLs to listen on for peer traffic (default http://localhost:2380).";

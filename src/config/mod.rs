@@ -86,6 +86,21 @@ pub struct Config {
     pub listen_client_urls: String,
     /// `--listen-metrics-urls`.
     pub listen_metrics_urls: String,
+    /// `--experimental-enable-distributed-tracing`.
+    #[serde(deserialize_with = "de::boolean")]
+    pub experimental_enable_distributed_tracing: bool,
+    /// `--experimental-distributed-tracing-address`.
+    #[serde(deserialize_with = "de::string")]
+    pub experimental_distributed_tracing_address: String,
+    /// `--experimental-distributed-tracing-service-name`.
+    #[serde(deserialize_with = "de::string")]
+    pub experimental_distributed_tracing_service_name: String,
+    /// `--experimental-distributed-tracing-instance-id`.
+    #[serde(deserialize_with = "de::string")]
+    pub experimental_distributed_tracing_instance_id: String,
+    /// `--experimental-distributed-tracing-sampling-rate` (per million).
+    #[serde(deserialize_with = "de::u64")]
+    pub experimental_distributed_tracing_sampling_rate: u64,
     /// `--cert-file`.
     #[serde(deserialize_with = "de::string")]
     pub cert_file: String,
@@ -209,6 +224,11 @@ impl Default for Config {
             data_dir: String::new(),
             listen_client_urls: "http://localhost:2379".to_string(),
             listen_metrics_urls: String::new(),
+            experimental_enable_distributed_tracing: false,
+            experimental_distributed_tracing_address: "localhost:4317".to_string(),
+            experimental_distributed_tracing_service_name: "etcd".to_string(),
+            experimental_distributed_tracing_instance_id: String::new(),
+            experimental_distributed_tracing_sampling_rate: 0,
             cert_file: String::new(),
             key_file: String::new(),
             trusted_ca_file: String::new(),
@@ -299,6 +319,8 @@ pub struct Settings {
     pub listen_peer_tls: bool,
     /// Client TLS settings (used by `https` client URLs).
     pub client_tls: TlsSettings,
+    /// Span export, when distributed tracing is on.
+    pub tracing: Option<crate::telemetry::Tracing>,
     /// Peer TLS settings (used by `https` peer URLs, listening and dialing).
     pub peer_tls: TlsSettings,
     /// Advertised client URLs.
@@ -601,6 +623,23 @@ impl Config {
                         "expected a positive duration such as 5m or 30s",
                     )
                 })?;
+        if self.experimental_distributed_tracing_sampling_rate > 1_000_000 {
+            return Err(invalid(
+                "experimental-distributed-tracing-sampling-rate",
+                &self
+                    .experimental_distributed_tracing_sampling_rate
+                    .to_string(),
+                "must be between 0 and 1000000 (samples per million)",
+            ));
+        }
+        let tracing =
+            self.experimental_enable_distributed_tracing
+                .then(|| crate::telemetry::Tracing {
+                    address: self.experimental_distributed_tracing_address.clone(),
+                    service_name: self.experimental_distributed_tracing_service_name.clone(),
+                    instance_id: self.experimental_distributed_tracing_instance_id.clone(),
+                    sampling_per_million: self.experimental_distributed_tracing_sampling_rate,
+                });
         let corrupt_check_interval = parse_duration(&self.experimental_corrupt_check_time)
             .ok_or_else(|| {
                 invalid(
@@ -621,6 +660,7 @@ impl Config {
             listen_peer_tls,
             client_tls,
             peer_tls,
+            tracing,
             advertise_client_urls,
             listen_peer,
             advertise_peer_urls,

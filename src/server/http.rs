@@ -149,21 +149,38 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
             .with_label_values(&[kind, crate::ETCD_API_VERSION])
             .inc();
         let call = Arc::new(parking_lot::Mutex::new(call));
+        let span = if crate::telemetry::tracing_enabled() {
+            let path = req.uri().path().trim_start_matches('/');
+            let (service, method) = path.split_once('/').unwrap_or((path, ""));
+            tracing::info_span!(
+                "grpc.request",
+                otel.name = %path,
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+            )
+        } else {
+            tracing::Span::none()
+        };
         let req = req.map(|b| Counted::new(b, call.clone(), true));
         let mut grpc = self.grpc.clone();
-        Box::pin(async move {
-            let resp = grpc.call(req).await?;
-            // A trailers-only response (an error) carries its status in the headers.
-            if let Some(code) = resp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-            {
-                call.lock().finish(code);
-            }
-            Ok(resp.map(|b| Body::new(Counted::new(b, call, false))))
-        })
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let resp = grpc.call(req).await?;
+                // A trailers-only response (an error) carries its status in the headers.
+                if let Some(code) = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                {
+                    call.lock().finish(code);
+                }
+                Ok(resp.map(|b| Body::new(Counted::new(b, call, false))))
+            },
+            span,
+        ))
     }
 }
 

@@ -429,3 +429,90 @@ async fn a_member_whose_data_differs_is_flagged_corrupt_by_the_leader() {
         );
     }
 }
+
+/// A minimal OpenTelemetry collector: records the spans it receives, by service name.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let mut out = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        for rs in &request.get_ref().resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .and_then(|a| a.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(
+                        opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s),
+                    ) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for ss in &rs.scope_spans {
+                for s in &ss.spans {
+                    out.push((service.clone(), s.name.clone()));
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test]
+async fn requests_are_traced_to_an_otlp_collector() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", free_port()))
+        .await
+        .expect("bind the collector");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let address = format!("--experimental-distributed-tracing-address={addr}");
+    let c = Cluster::start_with(
+        Kind::Oxcd,
+        1,
+        &[
+            "--experimental-enable-distributed-tracing",
+            &address,
+            "--experimental-distributed-tracing-service-name=oxcd-it",
+            "--experimental-distributed-tracing-sampling-rate=1000000",
+        ],
+    )
+    .await;
+    assert!(etcdctl(&c.endpoints(), &["put", "traced", "1"]).ok);
+    wait_until("the collector to receive the Put's span", WAIT, || {
+        let spans = collector.spans.clone();
+        async move {
+            spans
+                .lock()
+                .map(|s| {
+                    s.iter()
+                        .any(|(svc, name)| svc == "oxcd-it" && name == "etcdserverpb.KV/Put")
+                })
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    server.abort();
+}
