@@ -36,6 +36,9 @@ pub enum TlsError {
     /// No certificate is configured.
     #[error("no TLS certificate: give --{0}cert-file and --{0}key-file, or --{0}auto-tls")]
     NoIdentity(&'static str),
+    /// Peers over TLS need a CA to verify each other (only auto TLS goes without).
+    #[error("--peer-trusted-ca-file is needed to verify peers over TLS (or use --peer-auto-tls)")]
+    NoTrustedCa,
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -271,9 +274,10 @@ pub fn peer_client_config(
         .with_safe_default_protocol_versions()?;
     let builder = match &s.trusted_ca_file {
         Some(ca) => builder.with_root_certificates(roots(ca)?),
-        None => builder
+        None if s.auto => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAny(provider))),
+        None => return Err(TlsError::NoTrustedCa),
     };
     let mut config = match identity(s, auto_dir, hosts, "peer-") {
         Ok((certs, key)) => builder.with_client_auth_cert(certs, key)?,

@@ -131,14 +131,15 @@ pub enum SnapshotCommand {
         /// The new member's name.
         #[arg(long, default_value = "default")]
         name: String,
-        /// The new cluster's members, name=peer-URL,... (checked; the member takes it from its
-        /// own command line when it starts).
+        /// The new cluster's members, name=peer-URL,... (checked to list this member; the member
+        /// takes it from its own command line when it starts).
         #[arg(
             long = "initial-cluster",
             default_value = "default=http://localhost:2380"
         )]
         initial_cluster: String,
-        /// The new cluster's token (checked the same way).
+        /// The new cluster's token (printed in the start command; the member takes it from its
+        /// own command line).
         #[arg(long = "initial-cluster-token", default_value = "etcd-cluster")]
         initial_cluster_token: String,
         /// The new member's peer URLs.

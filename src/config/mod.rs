@@ -451,6 +451,13 @@ impl Config {
                 "--trusted-ca-file must be provided to verify client certificates",
             ));
         }
+        if peer_tls.client_cert_auth && peer_tls.trusted_ca_file.is_none() {
+            return Err(invalid(
+                "peer-client-cert-auth",
+                "true",
+                "--peer-trusted-ca-file must be provided to verify peer certificates",
+            ));
+        }
         let listen_peer_tls = https_flags("listen-peer-urls", &self.listen_peer_urls)?
             .iter()
             .any(|t| *t);

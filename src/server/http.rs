@@ -105,6 +105,22 @@ impl ClientService {
     }
 }
 
+/// etcd's CORS headers for any origin.
+fn add_cors(h: &mut http::HeaderMap) {
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        http::HeaderValue::from_static("accept, content-type, authorization"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        http::HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        http::HeaderValue::from_static("*"),
+    );
+}
+
 fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
@@ -128,8 +144,19 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
             req.extensions_mut().insert(ClientCommonName(cn.clone()));
         }
         if !is_grpc(&req) {
+            // etcd (with its default `--cors=*`) answers every HTTP request with CORS headers,
+            // and OPTIONS (a preflight) with nothing else.
+            if req.method() == http::Method::OPTIONS {
+                let mut resp = StatusCode::OK.into_response();
+                add_cors(resp.headers_mut());
+                return Box::pin(async move { Ok(resp) });
+            }
             let mut http = self.http.clone();
-            return Box::pin(async move { http.call(req.map(Body::new)).await });
+            return Box::pin(async move {
+                let mut resp = http.call(req.map(Body::new)).await?;
+                add_cors(resp.headers_mut());
+                Ok(resp)
+            });
         }
         let Some(call) = Call::start(req.uri().path()) else {
             let mut grpc = self.grpc.clone();

@@ -1,5 +1,5 @@
-//! etcd's Maintenance service: Status, Hash, HashKV, MoveLeader, Defragment and Alarm (list).
-//! Snapshot and Downgrade answer `Unimplemented` until they are built.
+//! etcd's Maintenance service: Status, Hash, HashKV, MoveLeader, Defragment, Alarm and Snapshot.
+//! Downgrade answers `Unimplemented` (oxcd has no older storage version to go back to).
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -516,3 +516,35 @@ async fn requests_are_traced_to_an_otlp_collector() {
     .await;
     server.abort();
 }
+
+#[tokio::test]
+async fn etcdctl_check_perf_passes_on_a_three_member_cluster() {
+    let c = Cluster::start(3).await;
+    // `check perf --load=s`: 50 clients writing 150 puts/s for 60 s; it passes when the cluster
+    // keeps up (throughput, slowest request and its spread within etcd's limits).
+    let out = Command::new(etcdctl_bin())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", c.endpoints()))
+        .args(["check", "perf", "--load=s"])
+        .output()
+        .expect("run etcdctl check perf");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("PASS: Throughput") && !stdout.contains("FAIL"),
+        "check perf failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It cleans up after itself.
+    let left = etcdctl(
+        &c.endpoints(),
+        &[
+            "get",
+            "/etcdctl-check-perf/",
+            "--prefix",
+            "--count-only",
+            "-w",
+            "json",
+        ],
+    );
+    assert!(!left.stdout.contains("\"count\""), "{left:?}");
+}
