@@ -133,7 +133,7 @@ async fn health_reason(node: &Node, excluded: &[String], serializable: bool) -> 
             return Some(format!("ALARM {name}"));
         }
     }
-    if !serializable && node.raft.leader().is_none() {
+    if !serializable && node.raft.known_leader().is_none() {
         return Some("RAFT NO LEADER".to_string());
     }
     let read = if serializable {

@@ -79,9 +79,10 @@ impl Node {
     /// Refreshes the gauges that mirror this member's state, before a scrape.
     pub fn refresh_metrics(&self) {
         let m = metrics::get();
-        let leader = self.raft.leader();
+        let leader = self.raft.known_leader();
         m.has_leader.set(i64::from(leader.is_some()));
-        m.is_leader.set(i64::from(self.raft.is_leader()));
+        m.is_leader
+            .set(i64::from(leader == Some(self.identity.member_id.0)));
         m.is_learner.set(i64::from(self.raft.is_learner()));
         Metrics::advance(&m.proposals_applied, self.raft.applied_index());
         m.quota_backend_bytes.set(self.settings.quota_backend_bytes);
@@ -116,9 +117,12 @@ pub(super) async fn watch_leader(node: Arc<Node>) {
     let mut last = None;
     let mut changes = node.raft.leader_changes();
     loop {
-        let leader = node.raft.leader();
+        let leader = node.raft.known_leader();
         m.has_leader.set(i64::from(leader.is_some()));
-        m.is_leader.set(i64::from(node.raft.is_leader()));
+        m.is_leader
+            .set(i64::from(leader == Some(node.identity.member_id.0)));
+        // Counted from raft's view (a cut-off leader that gets its quorum back is no change).
+        let leader = node.raft.leader();
         if leader.is_some() && leader != last {
             m.leader_changes.inc();
             last = leader;

@@ -624,6 +624,22 @@ impl RaftNode {
         self.shared.raft.metrics().borrow().current_leader
     }
 
+    /// The leader as etcd's CheckQuorum sees it: a leader that has not heard from a quorum for
+    /// an election timeout is cut off (etcd's steps down), so it counts as no leader. Followers
+    /// report the leader they follow. For the gauges and probes operators watch.
+    pub fn known_leader(&self) -> Option<u64> {
+        let m = self.shared.raft.metrics();
+        let m = m.borrow();
+        if m.state != ServerState::Leader {
+            return m.current_leader;
+        }
+        let election = self.shared.lease_forward_timeout.as_millis() as u64;
+        match m.millis_since_quorum_ack {
+            Some(ms) if ms > election => None,
+            _ => Some(self.shared.id),
+        }
+    }
+
     /// Whether this member is the leader.
     pub fn is_leader(&self) -> bool {
         self.shared.raft.metrics().borrow().state == ServerState::Leader

@@ -174,13 +174,18 @@ impl Peers {
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
         let client = self.client(id, node)?;
+        let to = format!("{id:x}");
+        let metrics = crate::metrics::get();
+        let started = Instant::now();
         match tokio::time::timeout(ttl, f(client)).await {
             Err(_) => {
                 // Like etcd's broken peer stream: a peer that cannot be reached is not active.
                 self.last_ok.lock().remove(&id);
+                metrics.peer_sent_failures.with_label_values(&[&to]).inc();
                 Err(PeerError::Timeout(id))
             }
             Ok(Err(status)) => {
+                metrics.peer_sent_failures.with_label_values(&[&to]).inc();
                 if status.code() == tonic::Code::Unavailable {
                     self.last_ok.lock().remove(&id);
                 }
@@ -196,6 +201,10 @@ impl Peers {
             }
             Ok(Ok(resp)) => {
                 self.mark_ok(id);
+                metrics
+                    .peer_rtt
+                    .with_label_values(&[&to])
+                    .observe(started.elapsed().as_secs_f64());
                 Ok(resp.into_inner())
             }
         }
@@ -255,6 +264,12 @@ impl PeerConn {
     {
         let mut payload =
             tonic::Request::new(encode(req).map_err(|e| to_rpc_error(self.target, e))?);
+        let peer = format!("{:x}", self.target);
+        let metrics = crate::metrics::get();
+        metrics
+            .peer_sent_bytes
+            .with_label_values(&[&peer])
+            .inc_by(payload.get_ref().data.len() as u64);
         if let Ok(v) = format!("{:x}", self.peers.cluster_id).parse() {
             payload.metadata_mut().insert(CLUSTER_ID_HEADER, v);
         }
@@ -269,6 +284,10 @@ impl PeerConn {
             })
             .await
             .map_err(|e| to_rpc_error(self.target, e))?;
+        metrics
+            .peer_received_bytes
+            .with_label_values(&[&peer])
+            .inc_by(reply.data.len() as u64);
         let res: Result<Resp, RaftError<u64, E>> =
             decode(&reply).map_err(|e| to_rpc_error(self.target, e))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

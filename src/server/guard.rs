@@ -9,7 +9,7 @@ use crate::node::Node;
 /// Fails with `etcdserver: no leader` when the client asked for a leader (`hasleader: true`, as
 /// clientv3's `WithRequireLeader` and kube-apiserver do) and none is known.
 pub fn require_leader<T>(node: &Node, req: &Request<T>) -> Result<(), EtcdError> {
-    if wants_leader(req) && node.raft.leader().is_none() {
+    if wants_leader(req) && node.raft.known_leader().is_none() {
         return Err(EtcdError::NoLeader);
     }
     Ok(())

@@ -105,7 +105,7 @@ impl Maintenance for MaintenanceService {
         guard::require_leader(&self.node, &request)?;
         let node = &self.node;
         let (size, in_use) = node.db_size().map_err(EtcdError::from)?;
-        let leader = node.raft.leader();
+        let leader = node.raft.known_leader();
         let mut errors = Vec::new();
         if leader.is_none() {
             errors.push(EtcdError::NoLeader.to_string());

@@ -212,7 +212,7 @@ async fn report_health(node: Arc<Node>, reporter: tonic_health::server::HealthRe
     let mut changes = node.raft.leader_changes();
     let mut last = None;
     loop {
-        let serving = node.raft.leader().is_some();
+        let serving = node.raft.known_leader().is_some();
         if last != Some(serving) {
             let status = if serving {
                 tonic_health::ServingStatus::Serving

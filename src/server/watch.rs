@@ -208,7 +208,7 @@ impl WatchStreamTask {
                 msg = hub.recv() => self.hub_message(msg).await,
                 _ = ticker.tick() => self.progress_tick().await,
                 _ = leader_check.tick(), if require_leader => {
-                    if self.node.raft.leader().is_some() {
+                    if self.node.raft.known_leader().is_some() {
                         leaderless = 0;
                         Ok(())
                     } else {

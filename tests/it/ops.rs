@@ -193,7 +193,10 @@ async fn metrics_pass_promtool_and_count_a_known_load() {
 #[tokio::test]
 async fn a_member_cut_off_from_its_peers_is_live_but_not_ready() {
     let mut c = Cluster::start(3).await;
-    let ep = c.members[0].endpoint();
+    // The leader is the one cut off: it must notice it lost its quorum (etcd's CheckQuorum).
+    let cut = c.wait_leader().await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != cut).collect();
+    let ep = c.members[cut].endpoint();
     assert_eq!(get(&ep, "/livez").body, "ok");
     assert_eq!(get(&ep, "/readyz").body, "ok");
     let h = get(&ep, "/health");
@@ -207,7 +210,7 @@ async fn a_member_cut_off_from_its_peers_is_live_but_not_ready() {
         "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\n[+]non_learner ok\nreadyz check passed\n"
     );
     let mut health =
-        tonic_health::pb::health_client::HealthClient::new(c.members[0].channel().await);
+        tonic_health::pb::health_client::HealthClient::new(c.members[cut].channel().await);
     let serving = health
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await
@@ -218,11 +221,35 @@ async fn a_member_cut_off_from_its_peers_is_live_but_not_ready() {
         serving,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    // The leader measures its round trips to each peer and counts the bytes it sends them.
+    let lep = ep.clone();
+    wait_until("the leader's peer round-trip histograms", WAIT, || {
+        let lep = lep.clone();
+        async move {
+            let m = scrape(&lep);
+            let rtt = m
+                .iter()
+                .filter(|(k, v)| {
+                    k.starts_with("etcd_network_peer_round_trip_time_seconds_count{To=")
+                        && **v > 0.0
+                })
+                .count();
+            let sent = m
+                .iter()
+                .filter(|(k, v)| {
+                    k.starts_with("etcd_network_peer_sent_bytes_total{To=") && **v > 0.0
+                })
+                .count();
+            rtt == 2 && sent == 2
+        }
+    })
+    .await;
 
-    // Cut member 1 off: the other two go away.
-    c.members[1].kill();
-    c.members[2].kill();
-    wait_until("member 1 to lose its leader", WAIT, || {
+    // Cut the leader off: the other two go away.
+    for &i in &others {
+        c.members[i].kill();
+    }
+    wait_until("the cut-off leader to report no leader", WAIT, || {
         let ep = ep.clone();
         async move { value(&scrape(&ep), "etcd_server_has_leader") == 0.0 }
     })
@@ -261,15 +288,23 @@ async fn a_member_cut_off_from_its_peers_is_live_but_not_ready() {
     .await;
 
     // The peers come back: a leader again, ready again.
-    c.members[1].start();
-    c.members[2].start();
-    wait_until("member 1 to be ready again", WAIT, || {
-        let ep = ep.clone();
-        async move { get(&ep, "/readyz").status == 200 }
-    })
+    for &i in &others {
+        c.members[i].start();
+    }
+    // (They may hold an election first: wait until the cluster has settled.)
+    wait_until(
+        "the member to be ready, healthy and led again",
+        WAIT,
+        || {
+            let ep = ep.clone();
+            async move {
+                get(&ep, "/readyz").status == 200
+                    && get(&ep, "/health").status == 200
+                    && value(&scrape(&ep), "etcd_server_has_leader") == 1.0
+            }
+        },
+    )
     .await;
-    assert_eq!(value(&scrape(&ep), "etcd_server_has_leader"), 1.0);
-    assert_eq!(get(&ep, "/health").status, 200);
     let post = curl(&format!("http://{ep}/health"), &["-X", "POST"]);
     assert_eq!(post.status, 405);
 }
@@ -416,6 +451,12 @@ async fn a_member_whose_data_differs_is_flagged_corrupt_by_the_leader() {
             "Error: etcdserver: corrupt cluster",
             "{out:?}"
         );
+        // The member reports the alarm once it has applied it.
+        wait_until("the member to apply the alarm", WAIT, || {
+            let ep = m.endpoint();
+            async move { get(&ep, "/readyz").status == 503 }
+        })
+        .await;
         let ready = get(&m.endpoint(), "/readyz?verbose");
         assert_eq!(ready.status, 503, "{ready:?}");
         assert!(
