@@ -218,3 +218,63 @@ async fn mutual_tls_for_clients_and_peers_on_a_three_member_cluster() {
     let off = tls_ctl(&endpoints, &pki, Some("root"), &["auth", "disable"]);
     assert!(off.ok, "{off:?}");
 }
+
+#[tokio::test]
+async fn auto_tls_serves_https_with_a_generated_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (c, p) = (free_port(), free_port());
+    let data = dir.path().join("auto");
+    let log = std::fs::File::create(dir.path().join("auto.log")).expect("log");
+    let child = Command::new(oxcd_bin())
+        .args([
+            format!("--data-dir={}", s(&data)),
+            format!("--listen-client-urls=https://127.0.0.1:{c}"),
+            format!("--advertise-client-urls=https://127.0.0.1:{c}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{p}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"),
+            format!("--initial-cluster=default=http://127.0.0.1:{p}"),
+            "--auto-tls".to_string(),
+        ])
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn oxcd");
+    let _procs = Procs(vec![child]);
+    let ep = format!("127.0.0.1:{c}");
+    let ctl = |args: &[&str]| -> Ctl {
+        Command::new(etcdctl_bin())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={ep}"))
+            .args([
+                "--dial-timeout=3s",
+                "--insecure-skip-tls-verify",
+                "--insecure-transport=false",
+            ])
+            .args(args)
+            .output()
+            .expect("run etcdctl")
+            .into()
+    };
+    wait_until("the auto-TLS member to serve", WAIT, || {
+        let ok = ctl(&["endpoint", "health"]).ok;
+        async move { ok }
+    })
+    .await;
+    assert_eq!(ctl(&["put", "k", "v"]).stdout, "OK\n");
+    // The generated certificate sits under the data directory, as etcd's.
+    assert!(data.join("fixtures/client/cert.pem").exists());
+    // Plain HTTP is not served on an https URL.
+    let plain = Command::new("curl")
+        .args(["-s", "--max-time", "5", &format!("http://{ep}/health")])
+        .output()
+        .expect("curl");
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("\"health\":\"true\""));
+    let https = Command::new("curl")
+        .args(["-sk", &format!("https://{ep}/health")])
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&https.stdout),
+        r#"{"health":"true","reason":""}"#
+    );
+}
