@@ -290,29 +290,14 @@ pub fn routes(services: &Services) -> Router {
     Router::new().nest("/v3", v3.clone()).nest("/v3beta", v3)
 }
 
-fn plain(status: StatusCode, body: &'static str) -> Response {
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (
-                header::HeaderName::from_static("x-content-type-options"),
-                "nosniff",
-            ),
-        ],
-        body,
-    )
-        .into_response()
-}
-
 /// grpc-gateway's answer to an unknown `/v3/` path.
 async fn gateway_not_found() -> Response {
-    plain(StatusCode::NOT_FOUND, "Not Found\n")
+    crate::health::text(StatusCode::NOT_FOUND, "Not Found\n")
 }
 
 /// grpc-gateway's answer to a method other than POST.
 async fn gateway_method_not_allowed() -> Response {
-    plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
+    crate::health::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
 }
 
 async fn watch_handler(State(s): State<Services>, headers: HeaderMap, body: Bytes) -> Response {

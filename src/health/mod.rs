@@ -193,7 +193,10 @@ impl Check {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response {
+/// A plain-text answer as Go's `http.Error` writes it (with `nosniff`); the gateway's 404 and 405
+/// answers use it too.
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let body: String = body.into();
     (
         status,
         [
