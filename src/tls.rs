@@ -199,6 +199,29 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs the server side of a TLS handshake on `stream` with a deadline; a failed or slow
+/// handshake is logged (as `side`) and drops only this connection.
+pub async fn accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    side: &str,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, side, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(side, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// The common name of a certificate's subject, if it has one.
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

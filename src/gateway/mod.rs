@@ -322,24 +322,34 @@ async fn keepalive_handler(State(s): State<Services>, body: Bytes) -> Response {
     stream_response(lease::keep_alive_stream(s.node.clone(), inbound))
 }
 
-async fn observe_handler(State(s): State<Services>, headers: HeaderMap, body: Bytes) -> Response {
-    let req = match parse(&body) {
+/// Serves a server-streaming call: one JSON request in, its messages as `{"result": ...}` lines.
+async fn server_stream<Req, Resp, F, Fut>(headers: HeaderMap, body: Bytes, call: F) -> Response
+where
+    Req: DeserializeOwned + Default,
+    Resp: Serialize + Send + 'static,
+    F: FnOnce(tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Messages<Resp>>, Status>>,
+{
+    let req = match parse::<Req>(&body) {
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
-    match Election::observe(&s.election, grpc_request(&headers, req)).await {
+    match call(grpc_request(&headers, req)).await {
         Ok(stream) => stream_response(stream.into_inner()),
         Err(e) => error_response(&e),
     }
 }
 
+async fn observe_handler(State(s): State<Services>, headers: HeaderMap, body: Bytes) -> Response {
+    server_stream(headers, body, |r| async move {
+        Election::observe(&s.election, r).await
+    })
+    .await
+}
+
 async fn snapshot_handler(State(s): State<Services>, headers: HeaderMap, body: Bytes) -> Response {
-    let req = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return error_response(&e),
-    };
-    match Maintenance::snapshot(&s.maintenance, grpc_request(&headers, req)).await {
-        Ok(stream) => stream_response(stream.into_inner()),
-        Err(e) => error_response(&e),
-    }
+    server_stream(headers, body, |r| async move {
+        Maintenance::snapshot(&s.maintenance, r).await
+    })
+    .await
 }

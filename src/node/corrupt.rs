@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Node;
-use crate::apply::{Applied, Op, Pb};
-use crate::proto::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+use crate::proto::etcdserverpb::AlarmType;
 
 /// Runs the check every `interval` while the member runs.
 pub(super) async fn run(node: Arc<Node>, interval: Duration) {
@@ -68,17 +67,8 @@ pub async fn check_once(node: &Node) -> Vec<u64> {
             ),
         }
     }
-    for id in &corrupt {
-        let op = Op::Alarm(Pb(AlarmRequest {
-            action: AlarmAction::Activate as i32,
-            member_id: *id,
-            alarm: AlarmType::Corrupt as i32,
-        }));
-        match node.propose(op).await {
-            Ok(Applied::Alarm(_)) => {}
-            Ok(other) => tracing::warn!(?other, "raising the CORRUPT alarm"),
-            Err(e) => tracing::warn!(error = %e, "raising the CORRUPT alarm"),
-        }
+    for &id in &corrupt {
+        node.raise_alarm(id, AlarmType::Corrupt).await;
     }
     corrupt
 }

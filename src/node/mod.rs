@@ -463,12 +463,8 @@ fn tls_incoming(
             let acceptor = acceptor.clone();
             let conn_tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = conn_tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(error = %e, "peer TLS handshake failed"),
-                    Err(_) => tracing::debug!("peer TLS handshake timed out"),
+                if let Some(tls) = crate::tls::accept(&acceptor, stream, "peer").await {
+                    let _ = conn_tx.send(Ok(tls)).await;
                 }
             });
             if tx.is_closed() {

@@ -57,23 +57,38 @@ impl Node {
         if size.saturating_add(cost) <= quota {
             return Ok(());
         }
-        let op = Op::Alarm(Pb(AlarmRequest {
-            action: AlarmAction::Activate as i32,
-            member_id: self.identity.member_id.0,
-            alarm: AlarmType::Nospace as i32,
-        }));
-        match self.propose(op).await {
-            Ok(Applied::Alarm(_)) => {
-                tracing::warn!(
-                    size,
-                    quota,
-                    "database space exceeded: raised the NOSPACE alarm"
-                );
-            }
-            Ok(other) => tracing::warn!(?other, "raising the NOSPACE alarm"),
-            Err(e) => tracing::warn!(error = %e, "raising the NOSPACE alarm"),
+        if self
+            .raise_alarm(self.identity.member_id.0, AlarmType::Nospace)
+            .await
+        {
+            tracing::warn!(
+                size,
+                quota,
+                "database space exceeded: raised the NOSPACE alarm"
+            );
         }
         Err(QuotaError::NoSpace(AlarmRefusal::NoSpace))
+    }
+
+    /// Raises `alarm` for `member` through the log; returns whether it applied (a failure is
+    /// logged: the alarm is raised again the next time its condition is seen).
+    pub async fn raise_alarm(&self, member: u64, alarm: AlarmType) -> bool {
+        let op = Op::Alarm(Pb(AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: member,
+            alarm: alarm as i32,
+        }));
+        match self.propose(op).await {
+            Ok(Applied::Alarm(_)) => true,
+            Ok(other) => {
+                tracing::warn!(?other, alarm = alarm.as_str_name(), "raising an alarm");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, alarm = alarm.as_str_name(), "raising an alarm");
+                false
+            }
+        }
     }
 
     /// Refreshes the gauges that mirror this member's state, before a scrape.

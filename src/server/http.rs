@@ -218,8 +218,22 @@ fn call_is_stream(path: &str) -> bool {
     crate::metrics::grpc::method_type(service, method) != "unary"
 }
 
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Serves one accepted connection (plain or TLS) until it ends or the graceful shutdown ends it.
+async fn serve_io<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    svc: ClientService,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "client connection ended");
+    }
+}
 
 /// Accepts connections on `listener` (over TLS with `tls`) and serves `svc` on each until `stop`
 /// resolves.
@@ -249,37 +263,17 @@ pub async fn serve_listener(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "setting TCP_NODELAY");
                 }
-                let Some(acceptor) = tls.clone() else {
-                    let conn = builder
-                        .serve_connection_with_upgrades(
-                            TokioIo::new(stream),
-                            TowerToHyperService::new(svc.clone()),
-                        )
-                        .into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "client connection ended");
-                        }
-                    });
-                    continue;
-                };
                 let builder = builder.clone();
                 let mut svc = svc.clone();
                 let watcher = graceful.watcher();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                    let stream = match handshake.await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "client TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("client TLS handshake timed out");
-                            return;
-                        }
+                    let Some(acceptor) = tls else {
+                        serve_io(&builder, stream, svc, watcher).await;
+                        return;
+                    };
+                    let Some(stream) = crate::tls::accept(&acceptor, stream, "client").await else {
+                        return;
                     };
                     svc.common_name = stream
                         .get_ref()
@@ -288,15 +282,7 @@ pub async fn serve_listener(
                         .and_then(|c| c.first())
                         .and_then(crate::tls::common_name)
                         .map(Arc::from);
-                    let conn = builder
-                        .serve_connection_with_upgrades(
-                            TokioIo::new(stream),
-                            TowerToHyperService::new(svc),
-                        )
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "client connection ended");
-                    }
+                    serve_io(&builder, stream, svc, watcher).await;
                 });
             }
             _ = &mut stop => break,
