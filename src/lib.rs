@@ -3,7 +3,9 @@
 //! Layers (dependencies point downward only; a test scans `use crate::` lines to hold this):
 //!
 //! ```text
-//! main -> gateway -> server -> health -> node -> raft -> apply -> {mvcc, lease, auth} -> storage
+//! main -> controller -> gateway -> server -> health -> node -> raft -> apply -> {mvcc, lease, auth}
+//!      -> storage
+//! (controller talks to other members only over the etcd client API)
 //! types, config, telemetry, metrics, proto: leaves, usable from anywhere
 //! ```
 //!
@@ -18,6 +20,7 @@
 pub mod apply;
 pub mod auth;
 pub mod config;
+pub mod controller;
 pub mod gateway;
 pub mod health;
 pub mod lease;

@@ -3,7 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use oxcd::config::{Command, Config, Flags, SnapshotCommand};
+use oxcd::config::{
+    ClientFlags, Command, Config, EndpointCommand, Flags, Settings, SnapshotCommand,
+};
+use oxcd::controller::client::ClientOptions;
+use oxcd::controller::identity::PodIdentity;
+use oxcd::controller::join::{self, Start};
 use oxcd::node::Node;
 
 fn print_version() {
@@ -22,6 +27,18 @@ fn main() -> ExitCode {
         print_version();
         return ExitCode::SUCCESS;
     }
+    if let Some(Command::Endpoint {
+        command: EndpointCommand::Health { client },
+    }) = &flags.command
+    {
+        return client_command(|rt| {
+            rt.block_on(oxcd::controller::ops::endpoint_health(
+                &client.endpoints,
+                &client_options(client)?,
+            ))
+            .map_err(Into::into)
+        });
+    }
     if let Some(Command::Snapshot { command }) = &flags.command {
         return match snapshot_command(command) {
             Ok(()) => ExitCode::SUCCESS,
@@ -31,14 +48,28 @@ fn main() -> ExitCode {
             }
         };
     }
-    // Everything is checked before the data directory is touched.
-    let settings = match Config::load(&flags).and_then(|c| c.validate()) {
-        Ok(s) => s,
+    // In a StatefulSet, the pod's identity supplies defaults under everything the user gave.
+    let pod = match PodIdentity::from_process_env() {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("oxcd: {e}");
             return ExitCode::from(2);
         }
     };
+    let platform = pod.as_ref().map(PodIdentity::settings).unwrap_or_default();
+    // Everything is checked before the data directory is touched.
+    let (config, settings) =
+        match Config::load_over(&flags, &platform).and_then(|c| c.validate().map(|s| (c, s))) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("oxcd: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    // A cluster the user laid out with etcd's own settings is started as given.
+    let pod = pod.filter(|_| {
+        config.initial_cluster.is_empty() && config.initial_cluster_state.trim() == "new"
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,7 +92,13 @@ fn main() -> ExitCode {
     }
     drop(entered);
     let result = runtime.block_on(async {
-        let r = run(settings).await;
+        let r = match &pod {
+            Some(pod) => match prepare_pod(pod, config, settings).await {
+                Ok(settings) => run(settings, Some(pod)).await,
+                Err(e) => Err(e),
+            },
+            None => run(settings, None).await,
+        };
         oxcd::telemetry::shutdown();
         r
     });
@@ -75,7 +112,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// `oxcd snapshot restore|status`, with etcdutl's flags and output.
+/// `oxcd snapshot save|restore|status`, with etcdctl's and etcdutl's flags and output.
 fn snapshot_command(cmd: &SnapshotCommand) -> Result<(), Box<dyn std::error::Error>> {
     use oxcd::node::snapshot;
     match cmd {
@@ -113,6 +150,22 @@ fn snapshot_command(cmd: &SnapshotCommand) -> Result<(), Box<dyn std::error::Err
                 st.total_key,
                 dir.display()
             );
+            Ok(())
+        }
+        SnapshotCommand::Save { file, client } => {
+            let endpoint = client
+                .endpoints
+                .first()
+                .ok_or("--endpoints must name an endpoint")?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let bytes = rt.block_on(oxcd::controller::ops::snapshot_save(
+                endpoint,
+                file,
+                &client_options(client)?,
+            ))?;
+            println!("Snapshot saved at {} ({bytes} bytes)", file.display());
             Ok(())
         }
         SnapshotCommand::Status { file, write_out } => {
@@ -182,10 +235,113 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(settings: oxcd::config::Settings) -> Result<(), Box<dyn std::error::Error>> {
+/// Runs a client command on its own small runtime; exit 1 with the error on failure.
+fn client_command(
+    f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), Box<dyn std::error::Error>>,
+) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Into::into)
+        .and_then(|rt| f(&rt));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Client options from etcdctl-style flags; a `root` user's password may come from
+/// `OXCD_ROOT_PASSWORD` (as the chart's jobs get it).
+fn client_options(c: &ClientFlags) -> Result<ClientOptions, Box<dyn std::error::Error>> {
+    let user = match c.user.as_deref() {
+        None => None,
+        Some(u) => match u.split_once(':') {
+            Some((name, password)) => Some((name.to_string(), password.to_string())),
+            None => {
+                let password = std::env::var(oxcd::controller::identity::env::ROOT_PASSWORD)
+                    .map_err(|_| {
+                        format!("--user {u}: give username:password, or set OXCD_ROOT_PASSWORD")
+                    })?;
+                Some((u.to_string(), password))
+            }
+        },
+    };
+    let cert_key = match (&c.cert, &c.key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        _ => return Err("--cert and --key go together".into()),
+    };
+    Ok(ClientOptions {
+        ca: c.cacert.clone(),
+        cert_key,
+        insecure: c.insecure_skip_tls_verify,
+        user,
+        timeout: std::time::Duration::from_secs(c.command_timeout_seconds.max(1)),
+    })
+}
+
+/// How a member in a StatefulSet dials the other members: its own client TLS settings, and user
+/// root when the chart set a root password.
+fn pod_client_options(settings: &Settings, pod: &PodIdentity) -> ClientOptions {
+    let tls = &settings.client_tls;
+    ClientOptions {
+        ca: tls.trusted_ca_file.clone(),
+        cert_key: match (&tls.cert_file, &tls.key_file) {
+            (Some(c), Some(k)) if tls.client_cert_auth => Some((c.clone(), k.clone())),
+            _ => None,
+        },
+        insecure: tls.trusted_ca_file.is_none(),
+        user: pod.root_password.clone().map(|p| ("root".to_string(), p)),
+        timeout: std::time::Duration::from_secs(2),
+    }
+}
+
+/// Decides, from pod identity and the running cluster, how this member starts (see
+/// `oxcd::controller::join`), and returns the settings to start it with.
+async fn prepare_pod(
+    pod: &PodIdentity,
+    mut config: Config,
+    settings: Settings,
+) -> Result<Settings, Box<dyn std::error::Error>> {
+    let opts = pod_client_options(&settings, pod);
+    let start = join::prepare(pod, &settings.data_dir, settings.max_learners, &opts).await?;
+    match start {
+        Start::OnData => return Ok(settings),
+        Start::Bootstrap { initial_cluster } => {
+            config.initial_cluster = initial_cluster;
+            config.initial_cluster_state = "new".to_string();
+        }
+        Start::Join { initial_cluster } => {
+            config.initial_cluster = initial_cluster;
+            config.initial_cluster_state = "existing".to_string();
+        }
+    }
+    Ok(config.validate()?)
+}
+
+async fn run(
+    settings: Settings,
+    pod: Option<&PodIdentity>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let listeners = oxcd::server::bind(&settings.listen_client).await?;
     let metrics_listeners = oxcd::server::bind(&settings.listen_metrics).await?;
+    let pod_opts = pod.map(|p| pod_client_options(&settings, p));
     let node = Node::start(settings).await?;
+    if let (Some(pod), Some(opts)) = (pod.cloned(), pod_opts) {
+        // A member that joined as a learner asks for its promotion once it is in sync; with a
+        // root password, authentication is turned on once the member votes.
+        let member_id = node.identity.member_id.0;
+        let own = node.settings.advertise_client_urls.clone();
+        tokio::spawn(async move {
+            join::promote_self(&pod, member_id, &opts, &own).await;
+            if let Some(first) = own.first() {
+                join::bootstrap_auth(&pod, first, &opts).await;
+            }
+        });
+    }
     let addrs: Vec<String> = node
         .settings
         .listen_client

@@ -311,6 +311,35 @@ pub fn peer_client_config(
     Ok(Arc::new(config))
 }
 
+/// rustls' client configuration, for modules that dial through [`TlsConnector`].
+pub type ClientTlsConfig = ClientConfig;
+
+/// A client-side configuration for dialing `https` client URLs (oxcd's own client commands and
+/// the pod join logic): verifies against `trusted_ca` (or accepts any certificate when `insecure`,
+/// as etcdctl's `--insecure-skip-tls-verify`), and presents `cert`/`key` when both are given.
+pub fn client_config(
+    trusted_ca: Option<&Path>,
+    cert_key: Option<(&Path, &Path)>,
+    insecure: bool,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match (trusted_ca, insecure) {
+        (_, true) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider))),
+        (Some(ca), false) => builder.with_root_certificates(roots(ca)?),
+        (None, false) => return Err(TlsError::NoTrustedCa),
+    };
+    let mut config = match cert_key {
+        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 static PEER_CLIENT: OnceLock<Arc<ClientConfig>> = OnceLock::new();
 
 /// Sets the TLS configuration peers dial `https` peer URLs with (once per process: one process

@@ -116,6 +116,49 @@ pub enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Check endpoints, as `etcdctl endpoint`.
+    Endpoint {
+        /// What to check.
+        #[command(subcommand)]
+        command: EndpointCommand,
+    },
+}
+
+/// How oxcd's client commands reach the cluster, with etcdctl's flag names.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientFlags {
+    /// gRPC endpoints, comma-separated.
+    #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Verify the server's certificate with this CA bundle.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Identify with this TLS client certificate.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Accept any server certificate.
+    #[arg(long = "insecure-skip-tls-verify")]
+    pub insecure_skip_tls_verify: bool,
+    /// `username:password` (the password may instead come from OXCD_ROOT_PASSWORD for root).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Deadline of each call, in seconds.
+    #[arg(long = "command-timeout-seconds", default_value_t = 5)]
+    pub command_timeout_seconds: u64,
+}
+
+/// `oxcd endpoint ...`, as etcdctl's.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum EndpointCommand {
+    /// Check that every endpoint serves a linearizable read; exit 1 if one does not.
+    Health {
+        /// Where and how to connect.
+        #[command(flatten)]
+        client: ClientFlags,
+    },
 }
 
 /// `oxcd snapshot ...`, with etcdutl's flags.
@@ -151,6 +194,14 @@ pub enum SnapshotCommand {
         /// Restore even if the file's sha256 trailer does not match.
         #[arg(long = "skip-hash-check", num_args = 0..=1, default_missing_value = "true")]
         skip_hash_check: Option<bool>,
+    },
+    /// Save a member's backup into a file (as `etcdctl snapshot save`), checking its sha256.
+    Save {
+        /// The file to write.
+        file: PathBuf,
+        /// Where and how to connect (the first endpoint is used).
+        #[command(flatten)]
+        client: ClientFlags,
     },
     /// Check a snapshot file and print its hash, revision, row count and size.
     Status {

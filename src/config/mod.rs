@@ -16,7 +16,7 @@ use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-pub use flags::{Command, Flags, SnapshotCommand};
+pub use flags::{ClientFlags, Command, EndpointCommand, Flags, SnapshotCommand};
 
 /// A configuration error; the process prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -374,11 +374,23 @@ pub struct Settings {
 impl Config {
     /// Layers defaults, the config file, the environment and the flags.
     pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+        Config::load_over(flags, &std::collections::BTreeMap::new())
+    }
+
+    /// As [`Config::load`], with `platform` (settings by etcd name, such as those a member derives
+    /// from its Kubernetes pod identity) layered over the defaults and under everything the user
+    /// gave: the config file, `ETCD_*`/`OXCD_*` variables and flags all override it.
+    pub fn load_over(
+        flags: &Flags,
+        platform: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
         let env_file = std::env::var("ETCD_CONFIG_FILE")
             .ok()
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);
-        let mut fig = Figment::new().merge(Serialized::defaults(Config::default()));
+        let mut fig = Figment::new()
+            .merge(Serialized::defaults(Config::default()))
+            .merge(Serialized::defaults(platform));
         if let Some(path) = flags.config_file.clone().or(env_file) {
             if !path.is_file() {
                 return Err(ConfigError::MissingFile(path));

@@ -178,6 +178,17 @@ async fn join_identity(settings: &Settings) -> Result<Identity, NodeError> {
     )))
 }
 
+/// The identity saved in `data_dir`, without starting the member: `None` when the directory
+/// holds no member (no database, or a database whose identity was never saved).
+pub fn stored_identity(data_dir: &std::path::Path) -> Result<Option<Identity>, NodeError> {
+    let path = db_path(data_dir);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let storage = Storage::open(&path)?;
+    load_identity(&storage)
+}
+
 /// Where a member keeps its RocksDB inside its data directory.
 pub fn db_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("member").join("rocksdb")
