@@ -284,7 +284,70 @@ async fn statefulset_forms_restarts_heals_and_is_scraped() {
     })
     .await;
 
+    // A member removed while its pod was down: on restart its data is moved aside (never
+    // deleted) and it joins again as a learner.
+    let id1 = member_id(&set, 1);
+    set.kill(1, "TERM");
+    set.wait_stopped(1).await;
+    let c = etcdctl(
+        &set.pods[0].endpoint(),
+        &["member", "remove", &format!("{id1:x}")],
+    );
+    assert!(c.ok, "member remove: {}", c.stderr);
+    let t2 = Instant::now();
+    set.restart(1);
+    let back = wait_formed(&set, 3, Duration::from_secs(90)).await;
+    eprintln!(
+        "a removed member moved its data aside and rejoined in {:?}",
+        t2.elapsed()
+    );
+    assert!(
+        back.iter().all(|m| m.id != id1),
+        "oxcd-1 is a new member: {back:?}"
+    );
+    let kept = set.exec(1, &["ls", "/var/lib/oxcd"]);
+    assert!(
+        kept.lines().any(|l| l.starts_with("data.removed-")),
+        "the removed member's data was kept aside: {kept}"
+    );
+
+    // A member entry added for a pod that then crashed before starting is reused, not duplicated.
+    let id2 = member_id(&set, 2);
+    set.kill(2, "KILL");
+    set.wait_stopped(2).await;
+    let c = etcdctl(
+        &set.pods[0].endpoint(),
+        &["member", "remove", &format!("{id2:x}")],
+    );
+    assert!(c.ok, "member remove: {}", c.stderr);
+    set.delete_with_volume(2);
+    let peer2 = "--peer-urls=http://oxcd-2.oxcd-headless.default.svc.cluster.local:2380";
+    let c = etcdctl(
+        &set.pods[0].endpoint(),
+        &["member", "add", "oxcd-2", "--learner", peer2],
+    );
+    assert!(c.ok, "member add: {}", c.stderr);
+    let added = member_list(&set.pods[0].endpoint())
+        .expect("member list")
+        .into_iter()
+        .find(|m| m.name.is_empty())
+        .expect("the unstarted entry")
+        .id;
+    let t3 = Instant::now();
+    set.start(2);
+    let reused = wait_formed(&set, 3, Duration::from_secs(90)).await;
+    eprintln!(
+        "a pod started into its pre-added entry in {:?}",
+        t3.elapsed()
+    );
+    assert_eq!(
+        reused.iter().find(|m| m.name == "oxcd-2").map(|m| m.id),
+        Some(added),
+        "oxcd-2 started as the entry that was added for it"
+    );
+
     // A real Prometheus scrapes every pod and loads the chart's alert rules.
+    let t4 = Instant::now();
     let prom = Prometheus::start(&set);
     let want: Vec<String> = {
         let mut w: Vec<String> = set
@@ -308,6 +371,7 @@ async fn statefulset_forms_restarts_heals_and_is_scraped() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    eprintln!("prometheus scraped every pod within {:?}", t4.elapsed());
     let rules = prom.api("/api/v1/rules").expect("rules API");
     let names: Vec<String> = rules["data"]["groups"]
         .as_array()
@@ -333,4 +397,58 @@ fn hashes_equal(endpoints: &str) -> bool {
     let Some(a) = v.as_array() else { return false };
     let hs: Vec<Option<u64>> = a.iter().map(|e| e["HashKV"]["hash"].as_u64()).collect();
     hs.len() == 3 && hs.iter().all(|h| h.is_some() && *h == hs[0])
+}
+
+/// With the chart's root password, the members turn authentication on by themselves, and every
+/// join and promotion goes through as root.
+#[tokio::test(flavor = "multi_thread")]
+async fn statefulset_with_root_password_enables_auth() {
+    let set = PodSet::with_values(
+        3,
+        &["auth.rbac.create=true", "auth.rbac.rootPassword=s3cret-pw"],
+    );
+    set.start_all();
+    let ep = set.pods[0].endpoint();
+    wait_until("authentication on", Duration::from_secs(90), || {
+        let ep = ep.clone();
+        async move {
+            let c = etcdctl(&ep, &["get", "k"]);
+            !c.ok && c.stderr.contains("user name is empty")
+        }
+    })
+    .await;
+    let root = "--user=root:s3cret-pw";
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let c = etcdctl(&set.endpoints(), &[root, "member", "list", "-w", "json"]);
+        let v: Value = serde_json::from_str(&c.stdout).unwrap_or(Value::Null);
+        let voters = v["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|m| {
+                        !m["name"].as_str().unwrap_or("").is_empty()
+                            && !m["isLearner"].as_bool().unwrap_or(false)
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if voters == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three voters under auth: {}",
+            c.stdout
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let c = etcdctl(&set.endpoints(), &[root, "put", "k", "v"]);
+    assert!(c.ok, "root writes: {}", c.stderr);
+    let c = etcdctl(&set.endpoints(), &["--user=root:wrong", "get", "k"]);
+    assert!(
+        !c.ok && c.stderr.contains("authentication failed"),
+        "{}",
+        c.stderr
+    );
 }

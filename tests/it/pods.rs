@@ -88,8 +88,10 @@ fn rendered_env(sets: &[&str]) -> Vec<(String, EnvSource)> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v = serde_yaml::Value::deserialize(doc).expect("rendered YAML");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).expect("rendered YAML"))
+        .collect();
+    for v in &docs {
         if v["kind"].as_str() != Some("StatefulSet") {
             continue;
         }
@@ -105,6 +107,12 @@ fn rendered_env(sets: &[&str]) -> Vec<(String, EnvSource)> {
             let name = e["name"].as_str().expect("env name").to_string();
             let src = if let Some(v) = e["value"].as_str() {
                 EnvSource::Value(v.to_string())
+            } else if e["valueFrom"]["secretKeyRef"].is_mapping() {
+                let secret = e["valueFrom"]["secretKeyRef"]["name"]
+                    .as_str()
+                    .unwrap_or("");
+                let key = e["valueFrom"]["secretKeyRef"]["key"].as_str().unwrap_or("");
+                EnvSource::Value(secret_value(&docs, secret, key))
             } else {
                 match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
                     Some("metadata.name") => EnvSource::PodName,
@@ -120,6 +128,34 @@ fn rendered_env(sets: &[&str]) -> Vec<(String, EnvSource)> {
 }
 
 use serde::Deserialize;
+
+/// The value of `key` in the rendered Secret `name` (its `stringData`, or its base64 `data`).
+fn secret_value(docs: &[serde_yaml::Value], name: &str, key: &str) -> String {
+    let secret = docs
+        .iter()
+        .find(|d| {
+            d["kind"].as_str() == Some("Secret") && d["metadata"]["name"].as_str() == Some(name)
+        })
+        .unwrap_or_else(|| panic!("no rendered Secret {name}"));
+    if let Some(v) = secret["stringData"][key].as_str() {
+        return v.to_string();
+    }
+    let b64 = secret["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no key {key} in Secret {name}"));
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(b64.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("base64 -d");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
 
 /// One emulated pod.
 #[derive(Debug)]
@@ -160,8 +196,16 @@ pub struct PodSet {
 impl PodSet {
     /// Renders the chart with `replicas` and prepares (but does not start) that many pods.
     pub fn new(replicas: usize) -> PodSet {
+        PodSet::with_values(replicas, &[])
+    }
+
+    /// As [`PodSet::new`], with more `--set` values for the chart.
+    pub fn with_values(replicas: usize, sets: &[&str]) -> PodSet {
         ensure_image();
-        let env = rendered_env(&[&format!("replicaCount={replicas}")]);
+        let mut all = vec![format!("replicaCount={replicas}")];
+        all.extend(sets.iter().map(|s| s.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let env = rendered_env(&all);
         let prefix = format!("oxcd-it-{}-{}", std::process::id(), free_port());
         let network = format!("{prefix}-net");
         docker(&["network", "create", &network], true);
@@ -270,6 +314,13 @@ impl PodSet {
         let p = &self.pods[ordinal];
         docker(&["rm", "-f", &p.container], true);
         docker(&["volume", "rm", "-f", &p.volume], true);
+    }
+
+    /// Runs `args` inside pod `ordinal`'s container; returns stdout.
+    pub fn exec(&self, ordinal: usize, args: &[&str]) -> String {
+        let mut all = vec!["exec", self.pods[ordinal].container.as_str()];
+        all.extend_from_slice(args);
+        docker(&all, true).1
     }
 
     /// Pod `ordinal`'s logs.
