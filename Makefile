@@ -34,3 +34,8 @@ test: lint
 ## Side-by-side load comparison with the real etcd (release builds).
 bench: deps
 	scripts/bench.sh
+
+## The container image oxcd:<version> and oxcd:latest (makes local base images where no registry is reachable).
+.PHONY: image
+image:
+	scripts/image.sh $(ARGS)
