@@ -20,6 +20,8 @@ ENV CARGO_HOME=/usr/local/cargo \
     CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 WORKDIR /src
+# A build label: the binary reports <version>+<label> (`oxcd --version`, oxcd_build_info).
+ARG OXCD_BUILD=""
 # Only what the build reads, so edits to tests, charts or docs keep the cached layers.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
@@ -39,7 +41,7 @@ RUN --mount=type=cache,id=oxcd-cargo-registry,target=/usr/local/cargo/registry \
     find Cargo.toml build.rs proto src -type f -exec touch {} + \
  && export ROCKSDB_LIB_DIR="$(pkg-config --variable=libdir rocksdb 2>/dev/null || echo /usr/lib/x86_64-linux-gnu)" \
            ROCKSDB_INCLUDE_DIR="$(pkg-config --variable=includedir rocksdb 2>/dev/null || echo /usr/include)" \
- && cargo build --release --locked --bin oxcd \
+ && OXCD_BUILD="${OXCD_BUILD}" cargo build --release --locked --bin oxcd \
  && mkdir -p /out \
  && strip --strip-debug -o /out/oxcd target/release/oxcd \
  && /out/oxcd --version

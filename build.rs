@@ -1,6 +1,17 @@
 //! Compiles etcd's client API from `proto/` with a vendored `protoc`, so no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The version `oxcd --version` and `oxcd_build_info` report: the package version, with
+    // `+<OXCD_BUILD>` when a build label is given (the Dockerfile's OXCD_BUILD argument).
+    println!("cargo:rerun-if-env-changed=OXCD_BUILD");
+    let mut version = std::env::var("CARGO_PKG_VERSION")?;
+    if let Some(label) = std::env::var("OXCD_BUILD")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+    {
+        version = format!("{version}+{}", label.trim());
+    }
+    println!("cargo:rustc-env=OXCD_VERSION={version}");
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
     let protos = [

@@ -17,7 +17,8 @@
 #                   env OXCD_IMAGE=NAME does the same for one tag
 #   --base-only     make the base images and stop
 #   --rebuild-base  remake both stand-in base images even if they exist
-# Env: DOCKER (a docker client to use), OXCD_DEBIAN_MIRROR (default http://deb.debian.org/debian),
+# Env: OXCD_BUILD (a build label: the binary reports <version>+<label>, as two builds of one version
+#      need to be told apart in an upgrade), DOCKER (a docker client to use), OXCD_DEBIAN_MIRROR (default http://deb.debian.org/debian),
 #      OXCD_IMAGE_VERBOSE=1 (stream the build's output instead of logging it to target/image-build.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -230,8 +231,10 @@ source_url=$(printf '%s' "$source_url" | sed -E 's#^(https?://)[^@/]*@#\1#')  # 
 for t in "${tags[@]}"; do tag_args+=(-t "$t"); done
 say "building ${tags[*]} with $DOCKER_BIN (log: $LOG_DIR/image-build.log)"
 start=$SECONDS
+label_version="$version${OXCD_BUILD:+-$OXCD_BUILD}"
 run_build "$LOG_DIR/image-build.log" \
-  --build-arg "VERSION=$version" \
+  --build-arg "VERSION=$label_version" \
+  --build-arg "OXCD_BUILD=${OXCD_BUILD:-}" \
   --build-arg "SOURCE=$source_url" \
   --build-arg "BUILDER_IMAGE=$BUILDER_IMAGE" \
   --build-arg "RUNTIME_IMAGE=$RUNTIME_IMAGE" \

@@ -15,7 +15,8 @@
 //!   RocksDB batch.
 //! - A log append is fsynced before it is acknowledged; concurrent appends share the fsync.
 //! - `server::error` is the one place errors become etcd's gRPC codes and strings.
-//! - `rocksdb` is used only in `storage`, `openraft` only in `raft`.
+//! - `rocksdb` is used only in `storage`, `openraft` only in `raft`, `kube` and `k8s-openapi`
+//!   only in `controller`.
 
 pub mod apply;
 pub mod auth;
@@ -36,7 +37,7 @@ pub mod tls;
 pub mod types;
 
 /// The oxcd version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const VERSION: &str = env!("OXCD_VERSION");
 /// The etcd server version oxcd reports in Status, `/version` and metrics (its API level).
 pub const REPORTED_ETCD_VERSION: &str = "3.5.0";
 /// The etcd API version oxcd speaks.
@@ -120,7 +121,12 @@ mod layering {
                         ));
                     }
                 }
-                for (engine, home) in [("rocksdb::", "storage"), ("openraft::", "raft")] {
+                for (engine, home) in [
+                    ("rocksdb::", "storage"),
+                    ("openraft::", "raft"),
+                    ("kube::", "controller"),
+                    ("k8s_openapi::", "controller"),
+                ] {
                     let code = line.split("//").next().unwrap_or("");
                     if code.contains(engine) && module != home {
                         violations.push(format!(

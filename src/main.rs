@@ -322,6 +322,57 @@ async fn prepare_pod(
     Ok(config.validate()?)
 }
 
+/// The membership controller when running in a StatefulSet with a Kubernetes API (see
+/// `oxcd::controller::manager`); its loop runs until the process ends.
+#[cfg(feature = "controller")]
+fn start_controller(
+    node: &Node,
+    pod: Option<&PodIdentity>,
+    opts: Option<&ClientOptions>,
+) -> Option<ControllerHandle> {
+    let own = node.settings.advertise_client_urls.first()?.clone();
+    let c = std::sync::Arc::new(oxcd::controller::manager::Controller::from_env(
+        pod?,
+        opts?.clone(),
+        own,
+    )?);
+    let task = tokio::spawn(c.clone().run(std::future::pending()));
+    Some(ControllerHandle {
+        controller: c,
+        task,
+    })
+}
+
+#[cfg(not(feature = "controller"))]
+fn start_controller(
+    _node: &Node,
+    _pod: Option<&PodIdentity>,
+    _opts: Option<&ClientOptions>,
+) -> Option<ControllerHandle> {
+    None
+}
+
+/// The running membership controller.
+struct ControllerHandle {
+    #[cfg(feature = "controller")]
+    controller: std::sync::Arc<oxcd::controller::manager::Controller>,
+    #[cfg(feature = "controller")]
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControllerHandle {
+    /// On SIGTERM: stop reconciling, and leave the cluster if this ordinal is no longer wanted.
+    async fn leave(&self) {
+        #[cfg(feature = "controller")]
+        {
+            self.task.abort();
+            self.controller
+                .leave_if_unwanted(std::time::Duration::from_secs(20))
+                .await;
+        }
+    }
+}
+
 async fn run(
     settings: Settings,
     pod: Option<&PodIdentity>,
@@ -330,13 +381,17 @@ async fn run(
     let metrics_listeners = oxcd::server::bind(&settings.listen_metrics).await?;
     let pod_opts = pod.map(|p| pod_client_options(&settings, p));
     let node = Node::start(settings).await?;
+    let controller = start_controller(&node, pod, pod_opts.as_ref());
     if let (Some(pod), Some(opts)) = (pod.cloned(), pod_opts) {
-        // A member that joined as a learner asks for its promotion once it is in sync; with a
-        // root password, authentication is turned on once the member votes.
+        // Without a controller, a member that joined as a learner asks for its promotion once it
+        // is in sync; with a root password, authentication is turned on.
         let member_id = node.identity.member_id.0;
         let own = node.settings.advertise_client_urls.clone();
+        let promote = controller.is_none();
         tokio::spawn(async move {
-            join::promote_self(&pod, member_id, &opts, &own).await;
+            if promote {
+                join::promote_self(&pod, member_id, &opts, &own).await;
+            }
             if let Some(first) = own.first() {
                 join::bootstrap_auth(&pod, first, &opts).await;
             }
@@ -375,7 +430,12 @@ async fn run(
     let fatal_set = fatal.clone();
     let shutdown = async move {
         tokio::select! {
-            _ = shutdown_signal() => {},
+            _ = shutdown_signal() => {
+                // Scale-down: a member whose ordinal is no longer wanted leaves before it goes.
+                if let Some(c) = &controller {
+                    c.leave().await;
+                }
+            },
             reason = stop_rx => {
                 if let Ok(r) = reason {
                     *fatal_set.lock() = Some(r);

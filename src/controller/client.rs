@@ -20,8 +20,8 @@ use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::proto::etcdserverpb::{
     AuthEnableRequest, AuthStatusRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
     AuthenticateRequest, Member, MemberAddRequest, MemberListRequest, MemberPromoteRequest,
-    MemberRemoveRequest, RangeRequest, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    MemberRemoveRequest, MoveLeaderRequest, RangeRequest, SnapshotRequest, SnapshotResponse,
+    StatusRequest, StatusResponse,
 };
 
 /// Why a client call failed.
@@ -231,6 +231,14 @@ impl EtcdClient {
     pub async fn member_promote(&self, id: u64) -> Result<(), ClientError> {
         ClusterClient::new(self.channel.clone())
             .member_promote(self.req(MemberPromoteRequest { id }))
+            .await?;
+        Ok(())
+    }
+
+    /// `MoveLeader` to `target` (the member this client dials must be the leader).
+    pub async fn move_leader(&self, target: u64) -> Result<(), ClientError> {
+        MaintenanceClient::new(self.channel.clone())
+            .move_leader(self.req(MoveLeaderRequest { target_id: target }))
             .await?;
         Ok(())
     }

@@ -51,6 +51,14 @@ pub mod env {
     pub const PEER_PORT: &str = "OXCD_PEER_PORT";
     /// The root password, when the chart turns authentication on.
     pub const ROOT_PASSWORD: &str = "OXCD_ROOT_PASSWORD";
+    /// `false` turns the membership controller off (default: on whenever a Kubernetes API is
+    /// configured).
+    pub const CONTROLLER: &str = "OXCD_CONTROLLER";
+    /// The Kubernetes API URL to use instead of the in-cluster service account (plain, no
+    /// credentials: `kubectl proxy`, or a test's API server).
+    pub const KUBE_API: &str = "OXCD_KUBE_API";
+    /// Seconds between two reconciles when nothing changes (default 5).
+    pub const CONTROLLER_INTERVAL: &str = "OXCD_CONTROLLER_INTERVAL";
 }
 
 /// Who this member is inside its StatefulSet.

@@ -56,6 +56,16 @@ pub struct Metrics {
     pub server_id: IntGaugeVec,
     /// `etcd_server_version{server_version}`.
     pub server_version: IntGaugeVec,
+    /// `oxcd_build_info{version}`: 1 for this build's version (with its build label).
+    pub build_info: IntGaugeVec,
+    /// `oxcd_controller_reconciles_total`: reconciles started by the membership controller.
+    pub controller_reconciles: IntCounter,
+    /// `oxcd_controller_actions_total{action}`: membership and pod changes made.
+    pub controller_actions: IntCounterVec,
+    /// `oxcd_controller_blocked_total{reason}`: reconciles that had a step to make and refused.
+    pub controller_blocked: IntCounterVec,
+    /// `oxcd_controller_members{role}`: voters and learners, as the acting controller last saw.
+    pub controller_members: IntGaugeVec,
     /// `etcd_cluster_version{cluster_version}`.
     pub cluster_version: IntGaugeVec,
     /// `etcd_server_client_requests_total{type,client_api_version}`.
@@ -187,6 +197,11 @@ impl Metrics {
             quota_backend_bytes: gauge(&r, "etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes.")?,
             server_id: gauge_vec(&r, "etcd_server_id", "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.", &["server_id"])?,
             server_version: gauge_vec(&r, "etcd_server_version", "Which version is running. 1 for 'server_version' label with current version.", &["server_version"])?,
+            build_info: gauge_vec(&r, "oxcd_build_info", "Which oxcd build is running. 1 for 'version' label with this build's version.", &["version"])?,
+            controller_reconciles: counter(&r, "oxcd_controller_reconciles_total", "Reconciles started by the membership controller.")?,
+            controller_actions: counter_vec(&r, "oxcd_controller_actions_total", "Membership and pod changes made by the membership controller, by kind.", &["action"])?,
+            controller_blocked: counter_vec(&r, "oxcd_controller_blocked_total", "Reconciles whose next step was refused, by reason.", &["reason"])?,
+            controller_members: gauge_vec(&r, "oxcd_controller_members", "Members by role, as the acting membership controller last saw them.", &["role"])?,
             cluster_version: gauge_vec(&r, "etcd_cluster_version", "Which version is running. 1 for 'cluster_version' label with current cluster version", &["cluster_version"])?,
             client_requests: counter_vec(&r, "etcd_server_client_requests_total", "The total number of client requests per client version.", &["type", "client_api_version"])?,
             wal_fsync: histogram(&r, "etcd_disk_wal_fsync_duration_seconds", "The latency distributions of fsync called by WAL.", 0.001, 14)?,

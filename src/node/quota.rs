@@ -128,6 +128,7 @@ pub(super) async fn watch_leader(node: Arc<Node>) {
     m.cluster_version
         .with_label_values(&[crate::ETCD_API_VERSION])
         .set(1);
+    m.build_info.with_label_values(&[crate::VERSION]).set(1);
     m.quota_backend_bytes.set(node.settings.quota_backend_bytes);
     let mut last = None;
     let mut changes = node.raft.leader_changes();

@@ -183,6 +183,12 @@ present the certificate when the members require client certificates.
   value: {{ int64 .Values.containerPorts.client | quote }}
 - name: OXCD_PEER_PORT
   value: {{ int64 .Values.containerPorts.peer | quote }}
+- name: OXCD_CONTROLLER
+  value: {{ ternary "true" "false" .Values.controller.enabled | quote }}
+{{- with .Values.controller.interval }}
+- name: OXCD_CONTROLLER_INTERVAL
+  value: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* etcd's own settings. */}}
@@ -252,7 +258,21 @@ present the certificate when the members require client certificates.
 {{- end -}}
 
 {{/* Refuse combinations that would only fail at run time. */}}
+{{/* The StatefulSet's update strategy: OnDelete when the controller rolls upgrades. */}}
+{{- define "oxcd.updateStrategy" -}}
+{{- if .Values.updateStrategy -}}
+{{- toYaml .Values.updateStrategy -}}
+{{- else if .Values.controller.enabled -}}
+type: OnDelete
+{{- else -}}
+type: RollingUpdate
+{{- end -}}
+{{- end -}}
+
 {{- define "oxcd.validateValues" -}}
+{{- if and .Values.controller.enabled (not .Values.serviceAccount.automountServiceAccountToken) -}}
+{{- fail "controller.enabled needs serviceAccount.automountServiceAccountToken: the controller reads its StatefulSet with the pod's token" -}}
+{{- end -}}
 {{- $c := .Values.auth.client -}}
 {{- $p := .Values.auth.peer -}}
 {{- if and (include "oxcd.clientTLS" .) (not $c.existingSecret) (not $c.useAutoTLS) -}}
