@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 
 use super::reconcile::PodView;
 
@@ -165,10 +165,16 @@ impl KubeApi {
     /// that is already gone counts as deleted.
     pub async fn delete_pod(&self, ordinal: u32) -> Result<(), KubeError> {
         let name = format!("{}-{ordinal}", self.statefulset);
-        match timed(self.pods_api().delete(&name, &DeleteParams::default())).await {
+        let r = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.pods_api().delete(&name, &DeleteParams::default()),
+        )
+        .await
+        .map_err(|_| KubeError::Timeout(REQUEST_TIMEOUT))?;
+        match r {
             Ok(_) => Ok(()),
-            Err(KubeError::Api(e)) if e.contains("NotFound") || e.contains("404") => Ok(()),
-            Err(e) => Err(e),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -200,8 +206,10 @@ impl KubeApi {
             self.sets(),
             watcher::Config::default().fields(&format!("metadata.name={}", self.statefulset)),
         )
+        .default_backoff()
         .map(|r| r.map(|_| ()).map_err(|e| KubeError::Api(e.to_string())));
         let pods = watcher(self.pods_api(), watcher::Config::default().labels(selector))
+            .default_backoff()
             .map(|r| r.map(|_| ()).map_err(|e| KubeError::Api(e.to_string())));
         futures::stream::select(sets, pods)
     }

@@ -516,7 +516,8 @@ pub async fn connect(endpoints: &[String]) -> Client {
     }
 }
 
-async fn try_connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
+/// A client over `endpoints`, or why none could be made.
+pub async fn try_connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(10));
@@ -551,13 +552,26 @@ impl Cluster {
         extra: &[&str],
         prepare: impl Fn(&MemberSpec),
     ) -> Cluster {
+        let names: Vec<String> = (1..=n).map(|i| format!("m{i}")).collect();
+        Self::start_named(kind, &names, extra, prepare).await
+    }
+
+    /// Starts one member per name (as [`Cluster::start_prepared`]).
+    pub async fn start_named(
+        kind: Kind,
+        names: &[String],
+        extra: &[&str],
+        prepare: impl Fn(&MemberSpec),
+    ) -> Cluster {
+        let n = names.len();
         let dir = tempfile::tempdir().expect("tempdir");
-        let specs: Vec<MemberSpec> = (0..n)
-            .map(|i| MemberSpec {
-                name: format!("m{}", i + 1),
+        let specs: Vec<MemberSpec> = names
+            .iter()
+            .map(|name| MemberSpec {
+                name: name.clone(),
                 client_port: free_port(),
                 peer_port: free_port(),
-                data_dir: dir.path().join(format!("m{}.data", i + 1)),
+                data_dir: dir.path().join(format!("{name}.data")),
                 initial_cluster: String::new(),
                 state: "new".to_string(),
                 extra: extra.iter().map(|s| s.to_string()).collect(),
