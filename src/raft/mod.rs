@@ -128,6 +128,10 @@ pub(crate) struct Shared {
     peers: Arc<Peers>,
     request_timeout: Duration,
     state_machine: StateMachine,
+    /// Whether this member has been part of the cluster's membership (applied, or effective
+    /// in this run). A member catching up after joining replays configurations that predate it;
+    /// only one that was in the membership can have been removed from it.
+    seen_self: std::sync::atomic::AtomicBool,
     cluster_id: u64,
     token: String,
     max_learners: usize,
@@ -325,6 +329,7 @@ impl RaftNode {
                 id,
                 peers,
                 request_timeout: settings.request_timeout,
+                seen_self: std::sync::atomic::AtomicBool::new(sm.applied_membership_has(id)),
                 state_machine: sm,
                 cluster_id: settings.cluster_id,
                 token: settings.token.clone(),
@@ -575,8 +580,14 @@ impl RaftNode {
         membership::members(&self.shared.raft)
     }
 
-    /// Whether the membership has been committed with this member removed from it.
+    /// Whether this member has been removed: its removal was applied, or the latest membership
+    /// configuration excludes it after it had been part of the membership.
     pub fn is_removed(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let id = self.shared.id;
+        if self.shared.state_machine.was_removed(id) {
+            return true;
+        }
         let m = self
             .shared
             .raft
@@ -584,7 +595,13 @@ impl RaftNode {
             .borrow()
             .membership_config
             .clone();
-        m.log_id().is_some() && m.membership().get_node(&self.shared.id).is_none()
+        if m.membership().get_node(&id).is_some() {
+            self.shared.seen_self.store(true, Ordering::Relaxed);
+            return false;
+        }
+        // Excluded by the latest configuration: removed if it was a member before; a learner
+        // still replaying the log up to its own addition is not.
+        m.log_id().is_some() && self.shared.seen_self.load(Ordering::Relaxed)
     }
 
     /// Whether this member is a learner.

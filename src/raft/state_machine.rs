@@ -131,6 +131,16 @@ impl StateMachine {
         self.state.lock().removed.contains(&id)
     }
 
+    /// Whether the last applied membership lists `id` (as a voter or a learner).
+    pub fn applied_membership_has(&self, id: u64) -> bool {
+        self.state
+            .lock()
+            .membership
+            .membership()
+            .get_node(&id)
+            .is_some()
+    }
+
     /// The log id of the last applied entry.
     pub fn applied(&self) -> Option<LogId<u64>> {
         self.state.lock().applied
