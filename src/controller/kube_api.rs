@@ -105,7 +105,14 @@ impl KubeApi {
                 let uri: http::Uri = url
                     .parse()
                     .map_err(|e| KubeError::Config(format!("{url}: {e}")))?;
-                kube::Config::new(uri)
+                let plain = uri.scheme_str() == Some("http");
+                let mut c = kube::Config::new(uri);
+                if plain {
+                    // No TLS on this connection: an empty trust store, so building the client
+                    // does not need the system's CA certificates (the image has none).
+                    c.root_cert = Some(Vec::new());
+                }
+                c
             }
             None => kube::Config::incluster().map_err(|e| KubeError::Config(e.to_string()))?,
         };

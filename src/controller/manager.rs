@@ -376,29 +376,45 @@ impl Controller {
             return Ok(false);
         }
         let own = EtcdClient::connect(&self.own_endpoint, &self.opts).await?;
-        let st = own.status().await?;
-        let self_id = st
+        let self_id = own
+            .status()
+            .await?
             .header
             .as_ref()
             .ok_or(ControllerError::NoHeader)?
             .member_id;
+        // Requests go through the wanted members first: this member may already be out of the
+        // cluster (the controller removes unwanted ordinals too) and then has no leader.
+        let mut endpoints: Vec<String> =
+            (0..set.replicas).map(|o| self.pod.client_url(o)).collect();
+        endpoints.push(self.own_endpoint.clone());
         let mut last_err = None;
         for attempt in 0..20u32 {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            let (_, members) = match own.member_list(true).await {
-                Ok(m) => m,
-                Err(e) => {
-                    last_err = Some(e);
-                    continue;
+            let mut via = None;
+            for ep in &endpoints {
+                let r = match EtcdClient::connect(ep, &self.opts).await {
+                    Ok(c) => c.member_list(true).await.map(|(_, m)| (c, m)),
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(x) => {
+                        via = Some(x);
+                        break;
+                    }
+                    Err(e) => last_err = Some(e),
                 }
+            }
+            let Some((client, members)) = via else {
+                continue;
             };
             if !members.iter().any(|m| m.id == self_id) {
+                tracing::info!("this member is no longer in the cluster");
                 return Ok(true);
             }
-            let st = own.status().await?;
-            if st.leader == self_id {
+            if own.status().await.is_ok_and(|st| st.leader == self_id) {
                 let target = members.iter().find(|m| {
                     m.id != self_id
                         && !m.is_learner
@@ -412,25 +428,7 @@ impl Controller {
                     continue;
                 }
             }
-            // Through a wanted member, so the request does not depend on this one.
-            let mut r = own.member_remove(self_id).await;
-            if r.is_err() {
-                for m in members.iter().filter(|m| {
-                    m.id != self_id && self.ordinal_of(m).is_some_and(|o| o < set.replicas)
-                }) {
-                    let Some(url) = m.client_ur_ls.first() else {
-                        continue;
-                    };
-                    r = match EtcdClient::connect(url, &self.opts).await {
-                        Ok(c) => c.member_remove(self_id).await,
-                        Err(e) => Err(e),
-                    };
-                    if r.is_ok() {
-                        break;
-                    }
-                }
-            }
-            match r {
+            match client.member_remove(self_id).await {
                 Ok(()) => {
                     tracing::info!(
                         ordinal = self.pod.ordinal,
