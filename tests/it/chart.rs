@@ -365,7 +365,8 @@ fn check_invariants(label: &str, text: &str, docs: &[Value], c: &Case) {
     assert_eq!(sts["spec"]["replicas"], c.replicas, "{label}");
     assert_eq!(sts["spec"]["selector"]["matchLabels"], member_selector());
     let spec = pod_spec(sts);
-    assert_eq!(spec["terminationGracePeriodSeconds"], 30, "{label}");
+    // Long enough for an unwanted member to hand off leadership and leave on SIGTERM.
+    assert_eq!(spec["terminationGracePeriodSeconds"], 60, "{label}");
     assert_eq!(
         spec["enableServiceLinks"], false,
         "{label}: service env links"
@@ -725,6 +726,107 @@ fn auth_takes_the_root_password_from_a_secret_and_defaults_render_none() {
 }
 
 #[test]
+fn the_controller_switch_picks_update_strategy_rbac_and_environment() {
+    // Default: the controller rolls upgrades itself, so Kubernetes must not (OnDelete), and its
+    // Role allows exactly what it does: read its own StatefulSet, read and delete its pods,
+    // write Events. No Leases: the raft leader is the one controller that acts.
+    let docs = parse_docs(&render(None, &[]));
+    let sts = one(&docs, "StatefulSet");
+    assert_eq!(sts["spec"]["updateStrategy"]["type"], "OnDelete");
+    assert_eq!(pod_spec(sts)["automountServiceAccountToken"], true);
+    let e = env(member_container(&docs));
+    assert_eq!(env_value(&e, "OXCD_CONTROLLER"), "true");
+    assert!(!e.contains_key("OXCD_CONTROLLER_INTERVAL"));
+    let role = one(&docs, "Role");
+    let rules: Vec<(String, String, Vec<String>)> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            let verbs: Vec<String> = r["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect();
+            let group = r["apiGroups"][0].as_str().unwrap().to_string();
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |res| {
+                    (
+                        group.clone(),
+                        res.as_str().unwrap().to_string(),
+                        verbs.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let verbs = |g: &str, r: &str| -> Vec<String> {
+        rules
+            .iter()
+            .find(|(gg, rr, _)| gg == g && rr == r)
+            .map(|(_, _, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(verbs("apps", "statefulsets"), ["get", "list", "watch"]);
+    assert_eq!(verbs("", "pods"), ["get", "list", "watch", "delete"]);
+    assert!(verbs("", "events").contains(&"create".to_string()));
+    assert!(
+        rules
+            .iter()
+            .all(|(_, r, _)| r != "leases" && r != "secrets" && r != "statefulsets/scale"),
+        "{rules:?}"
+    );
+    let binding = one(&docs, "RoleBinding");
+    assert_eq!(binding["roleRef"]["name"], name(role));
+    assert_eq!(
+        binding["subjects"][0]["name"],
+        name(one(&docs, "ServiceAccount"))
+    );
+
+    // Off: members promote themselves, Kubernetes rolls upgrades, no Role at all.
+    let docs = parse_docs(&render(None, &["controller.enabled=false"]));
+    let sts = one(&docs, "StatefulSet");
+    assert_eq!(sts["spec"]["updateStrategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        env_value(&env(member_container(&docs)), "OXCD_CONTROLLER"),
+        "false"
+    );
+    assert!(docs
+        .iter()
+        .all(|d| kind(d) != "Role" && kind(d) != "RoleBinding"));
+
+    // An explicit strategy wins; an interval reaches the members.
+    let docs = parse_docs(&render(
+        None,
+        &["updateStrategy.type=RollingUpdate", "controller.interval=2"],
+    ));
+    assert_eq!(
+        one(&docs, "StatefulSet")["spec"]["updateStrategy"]["type"],
+        "RollingUpdate"
+    );
+    assert_eq!(
+        env_value(&env(member_container(&docs)), "OXCD_CONTROLLER_INTERVAL"),
+        "2"
+    );
+
+    // The controller reads Kubernetes with the pod's token: refusing to render without one.
+    let out = output(
+        "helm template",
+        &mut helm_template(None, &["serviceAccount.automountServiceAccountToken=false"]),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("automountServiceAccountToken"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn invalid_values_are_refused_at_render_time() {
     for (sets, why) in [
         (&["replicaCunt=3"][..], "Additional property replicaCunt"),
@@ -749,6 +851,7 @@ fn invalid_values_are_refused_at_render_time() {
             &["startFromSnapshot.enabled=true"][..],
             "startFromSnapshot.existingClaim",
         ),
+        (&["controller.interval=5m"][..], "controller.interval"),
     ] {
         let out = output("helm template", &mut helm_template(None, sets));
         let err = String::from_utf8_lossy(&out.stderr);
@@ -998,6 +1101,12 @@ fn docker_compose_file_is_valid_and_gives_the_chart_environment() {
             .collect();
         expected.insert("OXCD_POD_NAME".into(), format!("oxcd-{n}"));
         expected.insert("OXCD_POD_NAMESPACE".into(), NAMESPACE.into());
+        // The one difference: no Kubernetes API on a Docker host, so no membership controller.
+        assert_eq!(
+            expected.get("OXCD_CONTROLLER").map(String::as_str),
+            Some("true")
+        );
+        expected.insert("OXCD_CONTROLLER".into(), "false".into());
         let got: BTreeMap<String, String> = env
             .iter()
             .map(|(k, v)| {
