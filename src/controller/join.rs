@@ -250,7 +250,10 @@ fn read_stored(data_dir: &Path) -> Result<Option<StoredMember>, JoinError> {
         })
 }
 
-/// Renames `data_dir` to `<data_dir>.removed-<unix seconds>` beside it.
+/// Renames `data_dir` to `<data_dir>.removed-<unix seconds>` beside it, then deletes the older
+/// `<data_dir>.removed-*` directories: a removed member's data can never rejoin its cluster (its
+/// ID is gone), and each upgrade through the controller moves data aside once, so keeping every
+/// copy would fill the volume. The newest copy stays for inspection.
 fn move_aside(data_dir: &Path) -> Result<PathBuf, JoinError> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -263,7 +266,38 @@ fn move_aside(data_dir: &Path) -> Result<PathBuf, JoinError> {
         path: data_dir.to_path_buf(),
         reason: format!("cannot move it aside to {}: {e}", to.display()),
     })?;
+    for old in older_moved_aside(data_dir, &to) {
+        match std::fs::remove_dir_all(&old) {
+            Ok(()) => tracing::info!(path = %old.display(), "deleted older moved-aside data"),
+            Err(e) => {
+                tracing::warn!(path = %old.display(), error = %e, "cannot delete older moved-aside data")
+            }
+        }
+    }
     Ok(to)
+}
+
+/// The `<data_dir>.removed-<digits>` directories beside `data_dir`, except `keep`.
+fn older_moved_aside(data_dir: &Path, keep: &Path) -> Vec<PathBuf> {
+    let (Some(parent), Some(base)) = (data_dir.parent(), data_dir.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.removed-", base.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix(&prefix)
+                .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                && e.file_type().is_ok_and(|t| t.is_dir())
+        })
+        .map(|e| e.path())
+        .filter(|p| p != keep)
+        .collect()
 }
 
 /// How the member starts, as decided by [`prepare`].

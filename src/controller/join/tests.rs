@@ -167,6 +167,15 @@ fn more_learners_allowed_means_no_wait() {
 fn moving_aside_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // Copies moved aside earlier are deleted; anything else beside the data is not.
+    for other in [
+        "data.removed-100",
+        "data.removed-200",
+        "data.removed-x",
+        "data.bak",
+    ] {
+        std::fs::create_dir_all(dir.path().join(other).join("member")).unwrap();
+    }
     std::fs::create_dir_all(data.join("member")).unwrap();
     std::fs::write(data.join("member").join("x"), b"kept").unwrap();
     let to = move_aside(&data).unwrap();
@@ -177,4 +186,13 @@ fn moving_aside_keeps_the_data() {
         .unwrap()
         .to_string_lossy()
         .starts_with("data.removed-"));
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let newest = to.file_name().unwrap().to_string_lossy().into_owned();
+    let mut want = vec!["data.bak".to_string(), "data.removed-x".to_string(), newest];
+    want.sort();
+    assert_eq!(left, want);
 }
