@@ -227,13 +227,36 @@ impl FakeKube {
 
     /// Tells open watches that the state changed.
     pub fn changed(&self) {
-        self.state.lock().bump();
-        let _ = self.changes.send(());
+        self.notifier().changed();
+    }
+
+    /// A handle that edits the state and tells the watches, for another thread.
+    pub fn notifier(&self) -> Notifier {
+        Notifier {
+            state: self.state.clone(),
+            changes: self.changes.clone(),
+        }
     }
 
     /// The requests seen so far, as `METHOD uri`, and forgets them.
     pub fn take_requests(&self) -> Vec<Seen> {
         std::mem::take(&mut self.state.lock().requests)
+    }
+}
+
+/// Edits the fake API's state from anywhere and wakes its watches.
+#[derive(Clone)]
+pub struct Notifier {
+    /// The state.
+    pub state: Arc<Mutex<KubeState>>,
+    changes: broadcast::Sender<()>,
+}
+
+impl Notifier {
+    /// Tells open watches that the state changed.
+    pub fn changed(&self) {
+        self.state.lock().bump();
+        let _ = self.changes.send(());
     }
 }
 

@@ -38,24 +38,42 @@ pub fn docker(args: &[&str], check: bool) -> (bool, String) {
     (ok, String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// A second build of the same source whose binary reports `<version>+next`: the "new version"
+/// of the upgrade test.
+pub const NEXT_IMAGE: &str = "oxcd:it-next";
+
 /// Builds the image once per test process (`scripts/image.sh`, incremental, serialized across
 /// processes with a lock file).
 pub fn ensure_image() {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = Command::new("flock")
-            .arg(std::env::temp_dir().join("oxcd-image.lock"))
+    BUILT.get_or_init(|| build_image(&[], None));
+}
+
+/// Builds [`NEXT_IMAGE`] once per test process.
+pub fn ensure_next_image() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| build_image(&["--tag", NEXT_IMAGE], Some("next")));
+}
+
+fn build_image(args: &[&str], label: Option<&str>) {
+    {
+        let mut cmd = Command::new("flock");
+        cmd.arg(std::env::temp_dir().join("oxcd-image.lock"))
             .arg(repo().join("scripts/image.sh"))
-            .current_dir(repo())
-            .output()
-            .expect("run scripts/image.sh");
+            .args(args)
+            .current_dir(repo());
+        match label {
+            Some(l) => cmd.env("OXCD_BUILD", l),
+            None => cmd.env_remove("OXCD_BUILD"),
+        };
+        let out = cmd.output().expect("run scripts/image.sh");
         assert!(
             out.status.success(),
             "scripts/image.sh failed:\n{}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-    });
+    }
 }
 
 /// The `helm` the chart tests use.
@@ -189,7 +207,7 @@ pub struct PodSet {
     prefix: String,
     network: String,
     env: Vec<(String, EnvSource)>,
-    /// The pods, by ordinal.
+    /// The pods, by ordinal (a scaled-down pod keeps its entry and volume, as a PVC stays).
     pub pods: Vec<Pod>,
 }
 
@@ -221,6 +239,41 @@ impl PodSet {
         set
     }
 
+    /// Adds environment variables to every pod started from now on (after the chart's).
+    pub fn add_env(&mut self, vars: &[(&str, &str)]) {
+        for (k, v) in vars {
+            self.env
+                .push((k.to_string(), EnvSource::Value(v.to_string())));
+        }
+    }
+
+    /// Makes sure pods `0..=ordinal` have an entry (name, volume and ports), as a scale-up does.
+    pub fn ensure_pod(&mut self, ordinal: usize) {
+        while self.pods.len() <= ordinal {
+            self.add_pod(self.pods.len());
+        }
+    }
+
+    /// The address containers reach the host at (the network's gateway).
+    pub fn host_address(&self) -> String {
+        let (_, gw) = docker(
+            &[
+                "network",
+                "inspect",
+                "-f",
+                "{{(index .IPAM.Config 0).Gateway}}",
+                &self.network,
+            ],
+            true,
+        );
+        gw
+    }
+
+    /// Removes pod `ordinal`'s container and keeps its volume.
+    pub fn remove_container(&self, ordinal: usize) {
+        docker(&["rm", "-f", &self.pods[ordinal].container], false);
+    }
+
     fn add_pod(&mut self, ordinal: usize) {
         let name = format!("oxcd-{ordinal}");
         self.pods.push(Pod {
@@ -234,6 +287,11 @@ impl PodSet {
 
     /// Creates and starts pod `ordinal`'s container (its volume is created on first use).
     pub fn start(&self, ordinal: usize) {
+        self.start_image(ordinal, IMAGE);
+    }
+
+    /// As [`PodSet::start`], from `image`.
+    pub fn start_image(&self, ordinal: usize, image: &str) {
         let p = &self.pods[ordinal];
         let alias = format!("{}.oxcd-headless.default.svc.cluster.local", p.name);
         let client = format!("127.0.0.1:{}:2379", p.client_port);
@@ -274,7 +332,7 @@ impl PodSet {
             args.push("-e".to_string());
             args.push(format!("{k}={v}"));
         }
-        args.push(IMAGE.to_string());
+        args.push(image.to_string());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         docker(&args, true);
     }
