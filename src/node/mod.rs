@@ -256,6 +256,11 @@ impl Node {
             data_dir = %settings.data_dir.display(),
             "starting member"
         );
+        if let Some(id) = crate::raft::StateMachine::repair_at_start(&storage)
+            .map_err(|e| NodeError::Refused(e.to_string()))?
+        {
+            tracing::warn!(snapshot_id = %id, "finished a snapshot install that a crash had interrupted");
+        }
         let mvcc = Mvcc::open(storage.clone())?;
         let leases = Arc::new(Lessor::open(storage.clone(), Arc::new(SystemClock))?);
         restore_leases(&leases, &mvcc)?;

@@ -60,6 +60,34 @@ impl Drop for Inner {
     }
 }
 
+/// Deletes the log entries up to and including `log_id` and records it as the last purged one.
+pub(crate) fn purge_through(
+    storage: &Storage,
+    log_id: LogId<u64>,
+    durable: bool,
+) -> Result<(), SErr> {
+    let mut b = Batch::new();
+    b.put(
+        Cf::RaftMeta,
+        KEY_PURGED.to_vec(),
+        bincode::serialize(&Some(log_id)).map_err(write_err)?,
+    );
+    b.delete_range(
+        Cf::RaftLog,
+        idx_key(0).to_vec(),
+        idx_key(log_id.index.saturating_add(1)).to_vec(),
+    );
+    storage.write(b, durable).map_err(write_err)
+}
+
+/// The last purged log id, as recorded.
+pub(crate) fn last_purged(storage: &Storage) -> Result<Option<LogId<u64>>, SErr> {
+    match storage.get(Cf::RaftMeta, KEY_PURGED).map_err(read_err)? {
+        Some(b) => Ok(bincode::deserialize::<Option<LogId<u64>>>(&b).map_err(read_err)?),
+        None => Ok(None),
+    }
+}
+
 impl LogStore {
     /// Opens the log over `storage` and starts its sync thread.
     pub fn new(storage: Storage) -> io::Result<LogStore> {
@@ -230,17 +258,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
-        let mut b = Batch::new();
-        b.put(
-            Cf::RaftMeta,
-            KEY_PURGED.to_vec(),
-            bincode::serialize(&Some(log_id)).map_err(write_err)?,
-        );
-        b.delete_range(
-            Cf::RaftLog,
-            idx_key(0).to_vec(),
-            idx_key(log_id.index.saturating_add(1)).to_vec(),
-        );
-        self.inner.storage.write(b, false).map_err(write_err)
+        purge_through(&self.inner.storage, log_id, false)
     }
 }

@@ -18,6 +18,7 @@ mod log_store;
 pub mod membership;
 mod peer;
 mod peer_server;
+pub mod snapshot_store;
 mod state_machine;
 
 use std::collections::BTreeMap;
@@ -52,7 +53,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = snapshot_store::SnapData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -773,7 +774,7 @@ mod conformance {
             &self,
         ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
             let dir = tempfile::tempdir().map_err(err)?;
-            let storage = Storage::open(dir.path()).map_err(err)?;
+            let storage = Storage::open(&dir.path().join("rocksdb")).map_err(err)?;
             let mvcc = Mvcc::open(storage.clone()).map_err(err)?;
             let leases = Lessor::open(storage.clone(), Arc::new(SystemClock)).map_err(err)?;
             let log = LogStore::new(storage.clone()).map_err(err)?;

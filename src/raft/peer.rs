@@ -13,21 +13,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::{OptionalSend, Snapshot, Vote};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::snapshot_store::{snapshot_files, SnapError};
 use super::TypeConfig;
 use crate::proto::oxcdpeerpb::peer_client::PeerClient;
-use crate::proto::oxcdpeerpb::Payload;
+use crate::proto::oxcdpeerpb::{Payload, SnapshotChunk};
 use crate::types::Member;
 
 /// A failure to reach a peer or to understand its reply.
@@ -58,6 +60,12 @@ pub const CLUSTER_ID_HEADER: &str = "x-etcd-cluster-id";
 
 /// The message a member answers a removed member's raft messages with.
 pub const REMOVED_MEMBER: &str = "the member has been permanently removed from the cluster";
+
+/// The most snapshot data one chunk carries (less when the peer message limit is smaller).
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// How long a snapshot stream may wait for the receiver to take the next chunk.
+const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
 
 /// Connections to peers, by member ID.
 pub struct Peers {
@@ -279,7 +287,6 @@ impl PeerConn {
                 match which {
                     RaftCall::Append => c.append_entries(payload).await,
                     RaftCall::Vote => c.vote(payload).await,
-                    RaftCall::Snapshot => c.install_snapshot(payload).await,
                 }
             })
             .await
@@ -298,7 +305,68 @@ impl PeerConn {
 enum RaftCall {
     Append,
     Vote,
-    Snapshot,
+}
+
+/// Reads the files of the snapshot in `dir` and hands them to `tx` in chunks of `chunk` bytes,
+/// the header in the first. Blocking; returns the bytes read.
+fn produce_chunks(
+    dir: &std::path::Path,
+    header: Vec<u8>,
+    chunk: usize,
+    tx: &tokio::sync::mpsc::Sender<SnapshotChunk>,
+    progress: &std::sync::atomic::AtomicU64,
+) -> Result<u64, SnapError> {
+    use std::io::Read;
+    let files = snapshot_files(dir)?;
+    let mut header = Some(header);
+    let mut total = 0u64;
+    let send = |c: SnapshotChunk| {
+        tx.blocking_send(c)
+            .map_err(|_| SnapError::Bad("the snapshot stream was closed".into()))?;
+        progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok::<(), SnapError>(())
+    };
+    if files.is_empty() {
+        return Err(SnapError::Bad(format!("{} holds no files", dir.display())));
+    }
+    let count = files.len();
+    for (i, (name, _)) in files.iter().enumerate() {
+        let path = dir.join(name);
+        let mut f = std::fs::File::open(&path).map_err(|source| SnapError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut offset = 0u64;
+        loop {
+            let mut buf = vec![0u8; chunk];
+            let mut filled = 0;
+            while filled < chunk {
+                let n = f.read(&mut buf[filled..]).map_err(|source| SnapError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            buf.truncate(filled);
+            let eof = filled < chunk;
+            send(SnapshotChunk {
+                header: header.take().unwrap_or_default(),
+                file: name.clone(),
+                offset,
+                data: buf,
+                done: eof && i + 1 == count,
+            })?;
+            offset += filled as u64;
+            total += filled as u64;
+            if eof {
+                break;
+            }
+        }
+    }
+    Ok(total)
 }
 
 impl RaftNetwork<TypeConfig> for PeerConn {
@@ -311,16 +379,113 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             .await
     }
 
-    async fn install_snapshot(
+    /// Streams the snapshot directory's files to the peer in chunks over one `SendSnapshot`
+    /// call, and waits until the peer has installed it. Nothing but one chunk in flight (and
+    /// two queued) is in memory.
+    async fn full_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
-    > {
-        self.raft_call(&rpc, option.hard_ttl(), RaftCall::Snapshot)
-            .await
+        vote: Vote<u64>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+        let started = Instant::now();
+        let peer = format!("{:x}", self.target);
+        let header = bincode::serialize(&(&vote, &snapshot.meta))
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let chunk = SNAPSHOT_CHUNK.min(self.peers.max_message / 2).max(4096);
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(2);
+        let dir = snapshot.snapshot.dir.clone();
+        // Chunks handed to the stream so far; u64::MAX once all were.
+        let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let producer = {
+            let progress = progress.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = produce_chunks(&dir, header, chunk, &tx, &progress);
+                progress.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+                r
+            })
+        };
+        let client = self
+            .peers
+            .client(self.target, &self.node)
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Ok(v) = format!("{:x}", self.peers.cluster_id).parse() {
+            req.metadata_mut().insert(CLUSTER_ID_HEADER, v);
+        }
+        tracing::info!(
+            to = %peer,
+            snapshot_id = %snapshot.meta.snapshot_id,
+            "sending snapshot"
+        );
+        let mut client = client;
+        let call = client.send_snapshot(req);
+        // A receiver that takes no chunk for SNAPSHOT_STALL ends the stream (after the last
+        // chunk, the install may take as long as it needs).
+        let stalled = async {
+            let mut seen = 0;
+            loop {
+                tokio::time::sleep(SNAPSHOT_STALL).await;
+                let now = progress.load(std::sync::atomic::Ordering::SeqCst);
+                if now == u64::MAX {
+                    std::future::pending::<()>().await;
+                }
+                if now == seen {
+                    return;
+                }
+                seen = now;
+            }
+        };
+        let reply = tokio::select! {
+            closed = cancel => {
+                return Err(StreamingError::Closed(closed));
+            }
+            () = stalled => {
+                let e = PeerError::Timeout(self.target);
+                return Err(StreamingError::Network(NetworkError::new(&e)));
+            }
+            r = call => r,
+        };
+        let sent = match producer.await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::warn!(to = %peer, error = %e, "snapshot stream failed");
+                return Err(StreamingError::Network(NetworkError::new(&e)));
+            }
+            Err(e) => return Err(StreamingError::Network(NetworkError::new(&e))),
+        };
+        let metrics = crate::metrics::get();
+        metrics
+            .peer_sent_bytes
+            .with_label_values(&[&peer])
+            .inc_by(sent);
+        let reply = match reply {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                metrics.peer_sent_failures.with_label_values(&[&peer]).inc();
+                if status.code() == tonic::Code::FailedPrecondition
+                    && status.message() == REMOVED_MEMBER
+                {
+                    self.peers.removed.send_replace(true);
+                }
+                let e = PeerError::Transport {
+                    id: self.target,
+                    msg: format!("{}: {}", status.code(), status.message()),
+                };
+                return Err(StreamingError::Unreachable(Unreachable::new(&e)));
+            }
+        };
+        self.peers.mark_ok(self.target);
+        let res: Result<SnapshotResponse<u64>, Fatal<u64>> =
+            decode(&reply).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        tracing::info!(
+            to = %peer,
+            bytes = sent,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot sent and installed"
+        );
+        res.map_err(|f| StreamingError::RemoteError(RemoteError::new(self.target, f)))
     }
 
     async fn vote(

@@ -10,17 +10,82 @@ use tonic::{Request, Response, Status};
 
 use super::lease::{LeaseCall, LeaseReply};
 use super::membership::{MembershipError, MembershipOp};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
-use openraft::Vote;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::{Snapshot, SnapshotMeta, Vote};
 
 use super::peer::{decode, encode, PeerError, CLUSTER_ID_HEADER, REMOVED_MEMBER};
+use super::snapshot_store::{safe_file_name, SnapData};
 use super::{ProposeError, Shared, TypeConfig};
 use crate::apply::{Applied, Op};
 use crate::proto::oxcdpeerpb::peer_server::Peer;
 use crate::proto::oxcdpeerpb::{
     CampaignRequest, CampaignResponse, ClusterInfoRequest, HashKvAt, HashKvReply, Payload,
-    ReadIndexRequest, ReadIndexResponse,
+    ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
+use crate::types::Member;
+
+/// A snapshot being received: its directory is removed unless it was handed to the install.
+struct Receiving {
+    dir: std::path::PathBuf,
+    file: Option<(String, tokio::fs::File, u64)>,
+    bytes: u64,
+    keep: bool,
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Receiving {
+    async fn write(&mut self, c: &SnapshotChunk) -> Result<(), Status> {
+        use tokio::io::AsyncWriteExt;
+        if !safe_file_name(&c.file) {
+            return Err(Status::invalid_argument(format!(
+                "snapshot file name {:?} is not a plain name",
+                c.file
+            )));
+        }
+        if self.file.as_ref().map(|(n, _, _)| n.as_str()) != Some(c.file.as_str()) {
+            self.close_file().await?;
+            let path = self.dir.join(&c.file);
+            let f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .await
+                .map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
+            self.file = Some((c.file.clone(), f, 0));
+        }
+        let Some((name, f, len)) = self.file.as_mut() else {
+            return Err(Status::internal("no snapshot file open"));
+        };
+        if c.offset != *len {
+            return Err(Status::invalid_argument(format!(
+                "snapshot file {name}: chunk at offset {} but {len} bytes written",
+                c.offset
+            )));
+        }
+        f.write_all(&c.data)
+            .await
+            .map_err(|e| Status::internal(format!("{name}: {e}")))?;
+        *len += c.data.len() as u64;
+        self.bytes += c.data.len() as u64;
+        Ok(())
+    }
+
+    async fn close_file(&mut self) -> Result<(), Status> {
+        if let Some((name, f, _)) = self.file.take() {
+            f.sync_all()
+                .await
+                .map_err(|e| Status::internal(format!("{name}: {e}")))?;
+        }
+        Ok(())
+    }
+}
 
 /// The peer service of one member.
 #[derive(Clone)]
@@ -85,11 +150,82 @@ impl Peer for PeerService {
         Ok(Response::new(encode(&res).map_err(codec)?))
     }
 
-    async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+    async fn send_snapshot(
+        &self,
+        req: Request<tonic::Streaming<SnapshotChunk>>,
+    ) -> Result<Response<Payload>, Status> {
         self.refuse_other_cluster(&req)?;
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(codec)?;
-        self.refuse_removed(&rpc.vote)?;
-        let res = self.shared.raft.install_snapshot(rpc).await;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let (vote, meta): (Vote<u64>, SnapshotMeta<u64, Member>) =
+            bincode::deserialize(&first.header)
+                .map_err(|e| Status::invalid_argument(format!("snapshot header: {e}")))?;
+        self.refuse_removed(&vote)?;
+        let started = std::time::Instant::now();
+        let store = self.shared.state_machine.snapshots().clone();
+        let dir = store
+            .receive_dir()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(
+            snapshot_id = %meta.snapshot_id,
+            last_log_id = ?meta.last_log_id,
+            dir = %dir.display(),
+            "receiving snapshot"
+        );
+        let mut recv = Receiving {
+            dir,
+            file: None,
+            bytes: 0,
+            keep: false,
+        };
+        let mut chunk = first;
+        loop {
+            recv.write(&chunk).await?;
+            if chunk.done {
+                break;
+            }
+            chunk = stream
+                .message()
+                .await?
+                .ok_or_else(|| Status::aborted("snapshot stream ended before its last chunk"))?;
+        }
+        recv.close_file().await?;
+        let dir = recv.dir.clone();
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Status::internal(format!("{}: {e}", dir.display())))?;
+        crate::metrics::get()
+            .peer_received_bytes
+            .with_label_values(&[&vote
+                .leader_id()
+                .voted_for()
+                .map(|id| format!("{id:x}"))
+                .unwrap_or_default()])
+            .inc_by(recv.bytes);
+        tracing::info!(
+            bytes = recv.bytes,
+            took_ms = started.elapsed().as_millis() as u64,
+            "received snapshot; installing"
+        );
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(SnapData { dir: dir.clone() }),
+        };
+        // Staged before openraft sees it: openraft purges the log the snapshot covers at once,
+        // so a crash before the install ends must find the snapshot to finish it on restart.
+        // From here the install owns the directory and deletes it once installed.
+        store
+            .stage(&dir)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        recv.keep = true;
+        let res = self.shared.raft.install_full_snapshot(vote, snapshot).await;
+        // A snapshot the member did not install (an older one, a stale leader) is not needed.
+        if let Err(e) = store.unstage(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot drop a snapshot not installed");
+        }
         Ok(Response::new(encode(&res).map_err(codec)?))
     }
 

@@ -3,14 +3,14 @@
 //! Invariants:
 //! - One `apply` call is one RocksDB batch: the data, the last applied log id and any membership
 //!   change commit together (etcd's 3.5.0-3.5.2 inconsistency came from splitting them).
-//! - A snapshot is a consistent copy of the state-machine column families; its log id and
-//!   membership are read from that same copy, never from memory.
+//! - A snapshot is a RocksDB checkpoint ([`super::snapshot_store`]); its log id and membership
+//!   are read from that same checkpoint, never from memory. Building, sending and installing one
+//!   never holds more than a chunk or a batch of it in memory.
 //! - The IDs of removed members are recorded in the same batch as the membership that removed
 //!   them, and are never forgotten: a removed member is told so whenever it calls (etcd never
 //!   lets a removed ID back in).
 
 use std::collections::BTreeSet;
-use std::io::Cursor;
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -20,12 +20,13 @@ use openraft::{
 };
 use parking_lot::Mutex;
 
+use super::snapshot_store::{SnapData, SnapError, SnapStore};
 use super::TypeConfig;
 use crate::apply::{apply_op, restore_leases, Alarms, Applied, Tables};
 use crate::auth::AuthStore;
 use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
-use crate::storage::{Batch, Cf, Storage};
+use crate::storage::{Cf, Storage};
 use crate::types::Member;
 
 const KEY_APPLIED: &[u8] = b"applied";
@@ -56,7 +57,7 @@ struct State {
     applied: Option<LogId<u64>>,
     membership: Membership,
     removed: BTreeSet<u64>,
-    snapshot: Option<(SnapshotMeta<u64, Member>, Vec<u8>)>,
+    snapshot: Option<(SnapshotMeta<u64, Member>, SnapData)>,
 }
 
 /// The state machine; clones share state.
@@ -67,6 +68,7 @@ pub struct StateMachine {
     leases: Arc<Lessor>,
     auth: Arc<AuthStore>,
     alarms: Arc<Alarms>,
+    snaps: SnapStore,
     state: Arc<Mutex<State>>,
 }
 
@@ -94,6 +96,20 @@ fn read_applied(storage: &Storage) -> Result<(Option<LogId<u64>>, Membership), S
     Ok((applied, membership))
 }
 
+/// A snapshot's meta, read from its checkpoint.
+fn meta_of_checkpoint(cp: &Storage) -> Result<SnapshotMeta<u64, Member>, SnapError> {
+    let (applied, membership) = read_applied(cp).map_err(|e| SnapError::Codec(e.to_string()))?;
+    let snapshot_id = match applied {
+        Some(l) => format!("{}-{}", l.leader_id.term, l.index),
+        None => "0-0".to_string(),
+    };
+    Ok(SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+        snapshot_id,
+    })
+}
+
 impl StateMachine {
     /// The key-value hash at `revision` (hash, compact revision, hash revision), as HashKV.
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), String> {
@@ -109,21 +125,65 @@ impl StateMachine {
         auth: Arc<AuthStore>,
         alarms: Arc<Alarms>,
     ) -> Result<StateMachine, SErr> {
+        let snaps = SnapStore::open(storage.clone()).map_err(sm_read_err)?;
+        if snaps.installing().map_err(sm_read_err)?.is_some() {
+            return Err(sm_read_err(SnapError::Bad(
+                "a snapshot install is unfinished: repair_at_start must run first".into(),
+            )));
+        }
         let (applied, membership) = read_applied(&storage)?;
         let removed = read_removed(&storage)?;
+        let snapshot = snaps.latest().map_err(sm_read_err)?;
         Ok(StateMachine {
             storage,
             mvcc,
             leases,
             auth,
             alarms,
+            snaps,
             state: Arc::new(Mutex::new(State {
                 applied,
                 membership,
                 removed,
-                snapshot: None,
+                snapshot,
             })),
         })
+    }
+
+    /// Repairs what a crash left between openraft and the state machine, before anything reads
+    /// the state machine (the key index, leases and users are loaded from it after this):
+    /// finishes an interrupted snapshot install (and purges the log it covers, as openraft
+    /// would have), and makes sure a snapshot covers every purged log entry. Returns the
+    /// snapshot installed, if one was.
+    pub fn repair_at_start(storage: &Storage) -> Result<Option<String>, SnapError> {
+        let snaps = SnapStore::open(storage.clone())?;
+        let codec = |e: SErr| SnapError::Codec(e.to_string());
+        let (applied, _) = read_applied(storage).map_err(codec)?;
+        let installed = snaps.recover(applied.map(|l| l.index).unwrap_or(0))?;
+        if let Some(upto) = installed.as_ref().and_then(|m| m.last_log_id) {
+            if super::log_store::last_purged(storage).map_err(codec)? < Some(upto) {
+                super::log_store::purge_through(storage, upto, true).map_err(codec)?;
+            }
+        }
+        let purged = super::log_store::last_purged(storage).map_err(codec)?;
+        let covered = snaps.latest()?.and_then(|(m, _)| m.last_log_id);
+        if purged.is_some() && covered < purged {
+            let (applied, _) = read_applied(storage).map_err(codec)?;
+            if applied < purged {
+                return Err(SnapError::Bad(format!(
+                    "the raft log is purged through {purged:?} but the state machine applied \
+                     only {applied:?} and no snapshot covers the gap; remove this member's data \
+                     directory and let it rejoin"
+                )));
+            }
+            let (meta, data) = snaps.build(meta_of_checkpoint)?;
+            tracing::warn!(
+                snapshot_id = %meta.snapshot_id,
+                dir = %data.dir.display(),
+                "built the snapshot a crash left missing"
+            );
+        }
+        Ok(installed.map(|m| m.snapshot_id))
     }
 
     /// Whether `id` was a member once and has been removed from the cluster.
@@ -141,6 +201,11 @@ impl StateMachine {
             .is_some()
     }
 
+    /// The member's raft snapshots.
+    pub fn snapshots(&self) -> &SnapStore {
+        &self.snaps
+    }
+
     /// The log id of the last applied entry.
     pub fn applied(&self) -> Option<LogId<u64>> {
         self.state.lock().applied
@@ -149,35 +214,17 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
-        let rows = self.storage.export(&Cf::STATE_MACHINE).map_err(snap_err)?;
-        let mut applied = None;
-        let mut membership = Membership::default();
-        for (cf, k, v) in &rows {
-            if *cf == Cf::Meta && k.as_slice() == KEY_APPLIED {
-                applied = bincode::deserialize::<Option<LogId<u64>>>(v).map_err(snap_err)?;
-            }
-            if *cf == Cf::Meta && k.as_slice() == KEY_MEMBERSHIP {
-                membership = bincode::deserialize::<Membership>(v).map_err(snap_err)?;
-            }
-        }
-        let tagged: Vec<(u8, &[u8], &[u8])> = rows
-            .iter()
-            .map(|(cf, k, v)| (cf.tag(), k.as_slice(), v.as_slice()))
-            .collect();
-        let data = bincode::serialize(&tagged).map_err(snap_err)?;
-        let snapshot_id = match applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
-            None => format!("0-0-{}", data.len()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: applied,
-            last_membership: membership,
-            snapshot_id,
-        };
+        let snaps = self.snaps.clone();
+        let built = tokio::task::spawn_blocking(move || snaps.build(meta_of_checkpoint))
+            .await
+            .map_err(snap_err)?
+            .map_err(snap_err)?;
+        let (meta, data) = built;
+        tracing::info!(snapshot_id = %meta.snapshot_id, dir = %data.dir.display(), "built snapshot");
         self.state.lock().snapshot = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         })
     }
 }
@@ -261,40 +308,49 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapData>, SErr> {
+        // The peer service receives into a directory of its own (`SnapStore::receive_dir`);
+        // this one is only named, for openraft's own transports.
+        Ok(Box::new(SnapData {
+            dir: self.snaps.dir().join("recv-unused"),
+        }))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, Member>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapData>,
     ) -> Result<(), SErr> {
-        let data = snapshot.into_inner();
-        let rows: Vec<(u8, Vec<u8>, Vec<u8>)> = bincode::deserialize(&data).map_err(snap_err)?;
-        let mut b = Batch::new();
-        for cf in Cf::STATE_MACHINE {
-            self.storage.clear_into(cf, &mut b).map_err(sm_write_err)?;
-        }
-        for (tag, k, v) in rows {
-            let cf = Cf::from_tag(tag).ok_or_else(|| {
-                snap_err(std::io::Error::other(format!(
-                    "unknown column family tag {tag}"
-                )))
-            })?;
-            b.put(cf, k, v);
-        }
-        let storage = self.storage.clone();
-        self.mvcc
-            .replace(move || storage.write(b, true))
-            .map_err(sm_write_err)?;
+        let started = std::time::Instant::now();
+        let snaps = self.snaps.clone();
+        let mvcc = self.mvcc.clone();
+        let m = meta.clone();
+        let own = tokio::task::spawn_blocking(move || {
+            let mut own = None;
+            // The key index stays locked while the state machine is replaced, so no read sees
+            // half of it; it is rebuilt from the installed state.
+            mvcc.replace(|| {
+                let data = snaps.install(&m, &snapshot).map_err(|e| {
+                    crate::storage::StorageError::Corrupt {
+                        cf: "snapshot",
+                        detail: e.to_string(),
+                    }
+                })?;
+                own = Some(data);
+                Ok(())
+            })
+            .map(|()| own)
+        })
+        .await
+        .map_err(sm_write_err)?
+        .map_err(sm_write_err)?;
         restore_leases(&self.leases, &self.mvcc).map_err(sm_write_err)?;
         self.auth.load().map_err(sm_write_err)?;
         self.alarms.load().map_err(sm_write_err)?;
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             last_log_id = ?meta.last_log_id,
-            bytes = data.len(),
+            took_ms = started.elapsed().as_millis() as u64,
             "installed snapshot from leader"
         );
         let removed = read_removed(&self.storage)?;
@@ -302,7 +358,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         st.removed = removed;
         st.applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
-        st.snapshot = Some((meta.clone(), data));
+        st.snapshot = own.map(|d| (meta.clone(), d));
         Ok(())
     }
 
@@ -310,7 +366,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let st = self.state.lock();
         Ok(st.snapshot.as_ref().map(|(meta, data)| Snapshot {
             meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.clone())),
+            snapshot: Box::new(data.clone()),
         }))
     }
 }
