@@ -21,6 +21,7 @@ mod lock_election;
 mod ops;
 mod persistence;
 mod pods;
+mod raft_snapshot;
 mod snapshot;
 mod tls;
 mod watch;
