@@ -123,6 +123,31 @@ impl Index {
         at: i64,
         mut f: impl FnMut(Visible) -> bool,
     ) {
+        self.visit_events(key, range_end, at, |k, e| match e.kind {
+            EventKind::Put {
+                create,
+                version,
+                lease,
+            } => f(Visible {
+                key: k.to_vec(),
+                rev: e.rev,
+                create,
+                version,
+                lease,
+            }),
+            EventKind::Tombstone => true,
+        });
+    }
+
+    /// Visits, without copying anything, the keys in `[key, range_end)` visible at `at` and the
+    /// put that makes each visible, until `f` returns false.
+    pub fn visit_events(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        at: i64,
+        mut f: impl FnMut(&[u8], &KeyEvent) -> bool,
+    ) {
         let (lo, hi) = bounds(key, range_end);
         if let (Bound::Included(l), Bound::Excluded(h)) = (lo, hi) {
             if l >= h {
@@ -131,25 +156,21 @@ impl Index {
         }
         for (k, events) in self.keys.range::<[u8], _>((lo, hi)) {
             if let Some(e) = visible_in(events, at) {
-                if let EventKind::Put {
-                    create,
-                    version,
-                    lease,
-                } = e.kind
-                {
-                    let keep_going = f(Visible {
-                        key: k.clone(),
-                        rev: e.rev,
-                        create,
-                        version,
-                        lease,
-                    });
-                    if !keep_going {
-                        return;
-                    }
+                if !f(k, e) {
+                    return;
                 }
             }
         }
+    }
+
+    /// The number of keys in `[key, range_end)` visible at `at`, without copying any.
+    pub fn count(&self, key: &[u8], range_end: &[u8], at: i64) -> usize {
+        let mut n = 0;
+        self.visit_events(key, range_end, at, |_, _| {
+            n += 1;
+            true
+        });
+        n
     }
 
     /// The key as visible at `at`, if it exists then.

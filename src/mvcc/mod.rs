@@ -259,33 +259,42 @@ impl Mvcc {
         self.index.read().compacted
     }
 
-    /// Serves a Range as etcd does: revision checks, count, filters, sorting, limit.
+    /// Serves a Range as etcd does: revision checks, count, filters, sorting, limit. The index
+    /// is read under its lock, together with a RocksDB snapshot; the values are read from that
+    /// snapshot after the lock is released, so a large read does not hold up writes.
     pub fn range(&self, r: &RangeRequest) -> Result<RangeResult, ReadError> {
-        let index = self.index.read();
-        let current = index.current;
-        range_in(&index, current, &self.storage, None, r)
+        let (plan, view) = {
+            let index = self.index.read();
+            let plan = plan_range(&index, index.current, r)?;
+            (plan, self.storage.read_view())
+        };
+        finish_range(plan, r, |vis| fetch_from_view(&view, vis))
     }
 
     /// etcd's HashKV: a CRC-32 over every stored change from the compacted revision up to `rev`
     /// (0 means the current revision), identical on every member at the same revision. Returns
     /// the hash, the compact revision and the revision hashed.
+    /// The scan runs on a RocksDB snapshot taken under the index lock, after releasing it.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), ReadError> {
-        let index = self.index.read();
-        let rev = if rev <= 0 { index.current } else { rev };
-        if rev > index.current {
-            return Err(MvccError::FutureRevision.into());
-        }
-        if rev < index.compacted {
-            return Err(MvccError::Compacted.into());
-        }
+        let (rev, compacted, view) = {
+            let index = self.index.read();
+            let rev = if rev <= 0 { index.current } else { rev };
+            if rev > index.current {
+                return Err(MvccError::FutureRevision.into());
+            }
+            if rev < index.compacted {
+                return Err(MvccError::Compacted.into());
+            }
+            (rev, index.compacted, self.storage.read_view())
+        };
         let mut h = crc32fast::Hasher::new();
         let end = Revision::new(rev.saturating_add(1), 0).to_bytes();
-        self.storage.scan(Cf::Kv, &[], Some(&end), |k, v| {
+        view.scan(Cf::Kv, &[], Some(&end), |k, v| {
             h.update(k);
             h.update(v);
             Ok(true)
         })?;
-        Ok((h.finalize(), index.compacted, rev))
+        Ok((h.finalize(), compacted, rev))
     }
 
     /// Starts a write: takes the index's write lock until [`Writer::commit`].
@@ -329,6 +338,32 @@ fn fetch_values(
     Ok(out.into_iter().flatten().collect())
 }
 
+/// Values of `vis` read through a consistent view.
+fn fetch_from_view(
+    view: &crate::storage::ReadView<'_>,
+    vis: &[Visible],
+) -> Result<Vec<KeyValue>, StorageError> {
+    let keys: Vec<Vec<u8>> = vis.iter().map(|v| v.rev.to_bytes().to_vec()).collect();
+    let got = view.multi_get(Cf::Kv, &keys)?;
+    vis.iter()
+        .zip(got)
+        .map(|(v, raw)| {
+            let raw = raw.ok_or_else(|| StorageError::Corrupt {
+                cf: "kv",
+                detail: format!("indexed revision {:?} has no value", v.rev),
+            })?;
+            Ok(decode_value(&raw)?.0)
+        })
+        .collect()
+}
+
+/// What the index part of a Range found: the keys to fetch and the count.
+struct RangePlan {
+    vis: Vec<Visible>,
+    count: i64,
+    view: i64,
+}
+
 fn range_in(
     index: &Index,
     view: i64,
@@ -336,6 +371,14 @@ fn range_in(
     pending: Option<&HashMap<Revision, KeyValue>>,
     r: &RangeRequest,
 ) -> Result<RangeResult, ReadError> {
+    let plan = plan_range(index, view, r)?;
+    finish_range(plan, r, |vis| fetch_values(storage, pending, vis))
+}
+
+/// The index part of a Range: revision checks, the count, and the keys whose values are needed
+/// (only the first `limit + 1` when nothing reorders or drops keys afterwards, so a page costs
+/// what it returns, not what the range holds).
+fn plan_range(index: &Index, view: i64, r: &RangeRequest) -> Result<RangePlan, ReadError> {
     let mut rev = r.revision;
     if rev > view {
         return Err(MvccError::FutureRevision.into());
@@ -352,8 +395,62 @@ fn range_in(
         || r.max_mod_revision != 0
         || r.min_create_revision != 0
         || r.max_create_revision != 0;
-    let mut vis = index.range(&r.key, &r.range_end, rev);
-    let count = vis.len() as i64;
+    if r.count_only {
+        return Ok(RangePlan {
+            vis: Vec::new(),
+            count: index.count(&r.key, &r.range_end, rev) as i64,
+            view,
+        });
+    }
+    // Push the limit down only when nothing reorders or drops keys afterwards.
+    // Keys come out of the index in key order: only a key-ascending result (no order, or
+    // ascending by key; etcd sorts by the other targets even without an order) can stop early.
+    let key_order =
+        sort_target == SortTarget::Key && matches!(sort_order, SortOrder::None | SortOrder::Ascend);
+    let keep = if r.limit > 0 && key_order && !filtered {
+        (r.limit as usize).saturating_add(1)
+    } else {
+        usize::MAX
+    };
+    let mut vis = Vec::new();
+    let mut count = 0i64;
+    index.visit_events(&r.key, &r.range_end, rev, |k, e| {
+        count += 1;
+        if vis.len() < keep {
+            if let EventKind::Put {
+                create,
+                version,
+                lease,
+            } = e.kind
+            {
+                vis.push(Visible {
+                    key: k.to_vec(),
+                    rev: e.rev,
+                    create,
+                    version,
+                    lease,
+                });
+            }
+        }
+        true
+    });
+    // Filters need only the index, so apply them before fetching values.
+    vis.retain(|v| {
+        !(r.max_mod_revision != 0 && v.rev.main > r.max_mod_revision
+            || r.min_mod_revision != 0 && v.rev.main < r.min_mod_revision
+            || r.max_create_revision != 0 && v.create > r.max_create_revision
+            || r.min_create_revision != 0 && v.create < r.min_create_revision)
+    });
+    Ok(RangePlan { vis, count, view })
+}
+
+/// The value part of a Range: fetch (with `fetch`), sort, limit.
+fn finish_range(
+    plan: RangePlan,
+    r: &RangeRequest,
+    fetch: impl FnOnce(&[Visible]) -> Result<Vec<KeyValue>, StorageError>,
+) -> Result<RangeResult, ReadError> {
+    let RangePlan { vis, count, view } = plan;
     if r.count_only {
         return Ok(RangeResult {
             kvs: Vec::new(),
@@ -362,18 +459,8 @@ fn range_in(
             header_revision: view,
         });
     }
-    // Push the limit down only when nothing reorders or drops keys afterwards.
-    if r.limit > 0 && sort_order == SortOrder::None && !filtered {
-        let keep = (r.limit as usize).saturating_add(1);
-        vis.truncate(keep);
-    }
-    // Filters need only the index, so apply them before fetching values.
-    vis.retain(|v| {
-        !(r.max_mod_revision != 0 && v.rev.main > r.max_mod_revision
-            || r.min_mod_revision != 0 && v.rev.main < r.min_mod_revision
-            || r.max_create_revision != 0 && v.create > r.max_create_revision
-            || r.min_create_revision != 0 && v.create < r.min_create_revision)
-    });
+    let sort_order = SortOrder::try_from(r.sort_order).unwrap_or(SortOrder::None);
+    let sort_target = SortTarget::try_from(r.sort_target).unwrap_or(SortTarget::Key);
     let mut kvs = if r.keys_only && sort_target != SortTarget::Value {
         vis.iter()
             .map(|v| KeyValue {
@@ -386,7 +473,7 @@ fn range_in(
             })
             .collect()
     } else {
-        fetch_values(storage, pending, &vis)?
+        fetch(&vis)?
     };
     let order = match (sort_target, sort_order) {
         (SortTarget::Key, SortOrder::Ascend) => SortOrder::None,

@@ -328,6 +328,15 @@ impl Storage {
         })
     }
 
+    /// A consistent read view of the instance as it is now (a RocksDB snapshot): reads through
+    /// it see no later write. Cheap to take; hold it only as long as the read.
+    pub fn read_view(&self) -> ReadView<'_> {
+        ReadView {
+            storage: self,
+            snap: self.db.snapshot(),
+        }
+    }
+
     /// Reads every key and value of the given column families from one consistent point in time.
     pub fn export(&self, cfs: &[Cf]) -> Result<Vec<Row>, StorageError> {
         let snap = self.db.snapshot();
@@ -392,6 +401,64 @@ impl Storage {
             }
         }
         Ok(total)
+    }
+}
+
+/// A consistent point-in-time view of a [`Storage`] (see [`Storage::read_view`]).
+pub struct ReadView<'a> {
+    storage: &'a Storage,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl std::fmt::Debug for ReadView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadView").finish_non_exhaustive()
+    }
+}
+
+impl ReadView<'_> {
+    /// Reads many keys of one column family at once, in order.
+    pub fn multi_get(
+        &self,
+        cf: Cf,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let h = self.storage.handle(cf)?;
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_snapshot(&self.snap);
+        self.storage
+            .db
+            .batched_multi_get_cf_opt(h, keys.iter(), false, &ro)
+            .into_iter()
+            .map(|r| r.map(|o| o.map(|s| s.to_vec())).map_err(StorageError::from))
+            .collect()
+    }
+
+    /// Visits the keys of `cf` in `[from, to)` (to the end when `to` is `None`) in ascending
+    /// order, until `visit` returns `false`.
+    pub fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StorageError>,
+    ) -> Result<(), StorageError> {
+        let it = self.snap.iterator_cf(
+            self.storage.handle(cf)?,
+            IteratorMode::From(from, rocksdb::Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if let Some(to) = to {
+                if k.as_ref() >= to {
+                    break;
+                }
+            }
+            if !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
