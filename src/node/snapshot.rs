@@ -7,7 +7,8 @@
 //! `size % 512 == 32`, as bbolt files are made of pages), then, as etcd appends to its stream,
 //! the 32-byte sha256 of everything before it.
 //!
-//! Invariants: a snapshot is one consistent point in time; a restore refuses a file whose
+//! Invariants: a snapshot is one consistent point in time; writing, checking and restoring one
+//! stream it in bounded chunks and batches, never the whole file in memory; a restore refuses a file whose
 //! checksum does not match (unless told to skip the check) and never writes into an existing data
 //! directory; a restored member keeps every key, revision, lease and user but none of the old
 //! cluster's raft history or membership, so it starts as a member of a new cluster.
@@ -61,60 +62,188 @@ pub enum SnapshotError {
     Storage(#[from] StorageError),
 }
 
-type Rows = Vec<(u8, Vec<u8>, Vec<u8>)>;
+/// Rows per restore batch are cut at this many bytes.
+const RESTORE_BATCH: usize = 8 << 20;
 
-/// The snapshot of `storage`'s replicated state as file bytes, checksum included.
-pub fn export(storage: &Storage) -> Result<Vec<u8>, SnapshotError> {
-    let rows: Rows = storage
-        .export(&Cf::STATE_MACHINE)?
-        .into_iter()
-        .map(|(cf, k, v)| (cf.tag(), k, v))
-        .collect();
-    let encoded = bincode::serialize(&rows).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-    let mut out = MAGIC.to_vec();
-    out.extend_from_slice(&(encoded.len() as u64).to_be_bytes());
-    out.extend_from_slice(&encoded);
-    out.resize(out.len().div_ceil(PAGE) * PAGE, 0);
-    let sum = Sha256::digest(&out);
-    out.extend_from_slice(&sum);
-    Ok(out)
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes the snapshot of `storage`'s replicated state to `path`, checksum included, streaming
+/// rows from one RocksDB snapshot (bincode's layout of a row list, written row by row, with the
+/// count and length filled in afterwards). Returns the file's size.
+pub fn export_to(storage: &Storage, path: &Path) -> Result<u64, SnapshotError> {
+    use std::io::{Seek, SeekFrom, Write};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let werr = |e: std::io::Error| SnapshotError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    w.write_all(MAGIC).map_err(werr)?;
+    w.write_all(&[0u8; 16]).map_err(werr)?;
+    let view = storage.read_view();
+    let mut count = 0u64;
+    let mut encoded = 8u64;
+    let mut failed = None;
+    for cf in Cf::STATE_MACHINE {
+        view.scan(cf, b"", None, |k, v| {
+            let row = [cf.tag()];
+            let r = w
+                .write_all(&row)
+                .and_then(|()| w.write_all(&(k.len() as u64).to_le_bytes()))
+                .and_then(|()| w.write_all(k))
+                .and_then(|()| w.write_all(&(v.len() as u64).to_le_bytes()))
+                .and_then(|()| w.write_all(v));
+            if let Err(e) = r {
+                failed = Some(e);
+                return Ok(false);
+            }
+            count += 1;
+            encoded += 17 + (k.len() + v.len()) as u64;
+            Ok(true)
+        })?;
+        if let Some(e) = failed.take() {
+            return Err(werr(e));
+        }
+    }
+    drop(view);
+    let content = MAGIC.len() as u64 + 8 + encoded;
+    let padded = content.div_ceil(PAGE as u64) * PAGE as u64;
+    let pad = vec![0u8; (padded - content) as usize];
+    w.write_all(&pad).map_err(werr)?;
+    let mut file = w.into_inner().map_err(|e| werr(e.into_error()))?;
+    file.seek(SeekFrom::Start(MAGIC.len() as u64))
+        .map_err(werr)?;
+    file.write_all(&encoded.to_be_bytes()).map_err(werr)?;
+    file.write_all(&count.to_le_bytes()).map_err(werr)?;
+    // The trailer: the sha256 of everything before it, read back in bounded chunks.
+    let (sum, _) = digest(&mut file, padded, path)?;
+    file.seek(SeekFrom::End(0)).map_err(werr)?;
+    file.write_all(&sum).map_err(werr)?;
+    file.sync_all().map_err(werr)?;
+    Ok(padded + SHA_LEN as u64)
+}
+
+/// The sha256 and CRC-32 of the first `len` bytes of `file`, read in bounded chunks.
+fn digest(
+    file: &mut std::fs::File,
+    len: u64,
+    path: &Path,
+) -> Result<([u8; SHA_LEN], u32), SnapshotError> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    let mut sha = Sha256::new();
+    let mut crc = crc32fast::Hasher::new();
+    let mut left = len;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        file.read_exact(&mut buf[..want]).map_err(io_err(path))?;
+        sha.update(&buf[..want]);
+        crc.update(&buf[..want]);
+        left -= want as u64;
+    }
+    let mut out = [0u8; SHA_LEN];
+    out.copy_from_slice(&sha.finalize());
+    Ok((out, crc.finalize()))
 }
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Reads and checks a snapshot file; returns its rows.
-fn read(file: &Path, skip_hash_check: bool) -> Result<(Rows, Vec<u8>), SnapshotError> {
+/// Checks a snapshot file (magic, checksum unless skipped) without reading it into memory;
+/// returns the CRC-32 of its content and its size.
+fn check(file: &Path, skip_hash_check: bool) -> Result<(u32, u64), SnapshotError> {
+    use std::io::{Read, Seek, SeekFrom};
     let name = file.display().to_string();
-    let data = std::fs::read(file).map_err(|source| SnapshotError::Io {
-        path: name.clone(),
-        source,
-    })?;
-    if !data.starts_with(MAGIC) || data.len() < MAGIC.len() + SHA_LEN {
+    let mut f = std::fs::File::open(file).map_err(io_err(file))?;
+    let size = f.metadata().map_err(io_err(file))?.len();
+    let mut magic = vec![0u8; MAGIC.len()];
+    if size < (MAGIC.len() + SHA_LEN) as u64 || f.read_exact(&mut magic).is_err() || magic != MAGIC
+    {
         return Err(SnapshotError::NotASnapshot(name));
     }
-    let (body, trailer) = data.split_at(data.len() - SHA_LEN);
-    let actual = Sha256::digest(body);
-    if !skip_hash_check && actual.as_slice() != trailer {
+    let body = size - SHA_LEN as u64;
+    let (actual, crc) = digest(&mut f, body, file)?;
+    let mut trailer = [0u8; SHA_LEN];
+    f.seek(SeekFrom::Start(body)).map_err(io_err(file))?;
+    f.read_exact(&mut trailer).map_err(io_err(file))?;
+    if !skip_hash_check && actual != trailer {
         return Err(SnapshotError::Checksum {
-            expected: hex(trailer),
+            expected: hex(&trailer),
             actual: hex(&actual),
         });
     }
-    let rest = &body[MAGIC.len()..];
-    let len = rest
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| SnapshotError::Corrupt("truncated length".to_string()))?;
-    let encoded = usize::try_from(len)
-        .ok()
-        .and_then(|len| rest.get(8..8 + len))
-        .ok_or_else(|| SnapshotError::Corrupt(format!("rows of {len} bytes do not fit")))?;
-    let rows: Rows =
-        bincode::deserialize(encoded).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-    Ok((rows, body.to_vec()))
+    Ok((crc, size))
+}
+
+/// Visits the rows of a checked snapshot file one at a time: (column family tag, key, value).
+fn visit_rows(
+    file: &Path,
+    mut visit: impl FnMut(u8, Vec<u8>, Vec<u8>) -> Result<(), SnapshotError>,
+) -> Result<(), SnapshotError> {
+    use std::io::Read;
+    let f = std::fs::File::open(file).map_err(io_err(file))?;
+    let size = f.metadata().map_err(io_err(file))?.len();
+    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+    let corrupt = |what: &str| SnapshotError::Corrupt(what.to_string());
+    let u64_at = |r: &mut std::io::BufReader<std::fs::File>, what: &str| {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b).map_err(|_| corrupt(what)).map(|()| b)
+    };
+    let mut magic = vec![0u8; MAGIC.len()];
+    r.read_exact(&mut magic)
+        .map_err(|_| corrupt("truncated magic"))?;
+    let len = u64::from_be_bytes(u64_at(&mut r, "truncated length")?);
+    if len < 8 || MAGIC.len() as u64 + 8 + len > size {
+        return Err(corrupt(&format!("rows of {len} bytes do not fit")));
+    }
+    let count = u64::from_le_bytes(u64_at(&mut r, "truncated row count")?);
+    let mut left = len - 8;
+    let mut take = |r: &mut std::io::BufReader<std::fs::File>, n: u64| {
+        if n > left {
+            return Err(corrupt("a row runs past the end of the rows"));
+        }
+        left -= n;
+        let mut v = vec![0u8; usize::try_from(n).map_err(|_| corrupt("row too large"))?];
+        r.read_exact(&mut v).map_err(|_| corrupt("truncated row"))?;
+        Ok(v)
+    };
+    for _ in 0..count {
+        let tag = take(&mut r, 1)?[0];
+        let klen = take(&mut r, 8)?;
+        let k = take(
+            &mut r,
+            u64::from_le_bytes(klen.try_into().unwrap_or_default()),
+        )?;
+        let vlen = take(&mut r, 8)?;
+        let v = take(
+            &mut r,
+            u64::from_le_bytes(vlen.try_into().unwrap_or_default()),
+        )?;
+        visit(tag, k, v)?;
+    }
+    if left != 0 {
+        return Err(corrupt("bytes left after the last row"));
+    }
+    Ok(())
+}
+
+fn current_rev(tag: u8, k: &[u8], v: &[u8]) -> Option<i64> {
+    (tag == Cf::Meta.tag() && k == crate::mvcc::META_CURRENT_REV)
+        .then(|| v.try_into().ok().map(i64::from_be_bytes))
+        .flatten()
 }
 
 /// What `oxcd snapshot status` reports, under etcd's JSON names.
@@ -134,29 +263,34 @@ pub struct Status {
 
 /// Checks `file` and summarises it.
 pub fn status(file: &Path) -> Result<Status, SnapshotError> {
-    let (rows, body) = read(file, false)?;
-    let revision = rows
-        .iter()
-        .find(|(tag, k, _)| *tag == Cf::Meta.tag() && k.as_slice() == crate::mvcc::META_CURRENT_REV)
-        .and_then(|(_, _, v)| v.as_slice().try_into().ok().map(i64::from_be_bytes))
-        .unwrap_or(1);
+    let (hash, total_size) = check(file, false)?;
+    let mut revision = 1;
+    let mut total_key = 0;
+    visit_rows(file, |tag, k, v| {
+        if let Some(r) = current_rev(tag, &k, &v) {
+            revision = r;
+        }
+        total_key += 1;
+        Ok(())
+    })?;
     Ok(Status {
-        hash: crc32fast::hash(&body),
+        hash,
         revision,
-        total_key: rows.len(),
-        total_size: (body.len() + SHA_LEN) as u64,
+        total_key,
+        total_size,
     })
 }
 
 /// Builds a new member's data directory `data_dir` from `file`: every key, revision, lease, user
 /// and alarm, without the old cluster's raft history and membership. The member then starts
-/// with `--initial-cluster-state new` and the cluster given on its command line.
+/// with `--initial-cluster-state new` and the cluster given on its command line. Reads and writes
+/// in bounded batches.
 pub fn restore(
     file: &Path,
     data_dir: &Path,
     skip_hash_check: bool,
 ) -> Result<Status, SnapshotError> {
-    let (rows, body) = read(file, skip_hash_check)?;
+    let (hash, total_size) = check(file, skip_hash_check)?;
     let dir = data_dir.display().to_string();
     if data_dir.exists() {
         let empty = std::fs::read_dir(data_dir)
@@ -168,30 +302,37 @@ pub fn restore(
     }
     let storage = Storage::open(&super::db_path(data_dir))?;
     let mut batch = Batch::new();
+    let mut size = 0usize;
     let mut revision = 1;
-    let total_key = rows.len();
-    for (tag, k, v) in rows {
+    let mut total_key = 0;
+    visit_rows(file, |tag, k, v| {
+        total_key += 1;
         let cf = Cf::from_tag(tag)
             .ok_or_else(|| SnapshotError::Corrupt(format!("unknown column family tag {tag}")))?;
         if cf == Cf::Members
             || (cf == Cf::Meta && crate::raft::CLUSTER_META_KEYS.contains(&k.as_slice()))
+            || (cf == Cf::Meta && k.as_slice() == crate::raft::snapshot_store::KEY_INSTALLING)
         {
-            continue;
+            return Ok(());
         }
-        if cf == Cf::Meta && k.as_slice() == crate::mvcc::META_CURRENT_REV {
-            if let Ok(b) = v.as_slice().try_into() {
-                revision = i64::from_be_bytes(b);
-            }
+        if let Some(r) = current_rev(tag, &k, &v) {
+            revision = r;
         }
+        size += k.len() + v.len();
         batch.put(cf, k, v);
-    }
+        if size >= RESTORE_BATCH {
+            storage.write(std::mem::take(&mut batch), false)?;
+            size = 0;
+        }
+        Ok(())
+    })?;
     storage.write(batch, true)?;
     storage.quiesce()?;
     Ok(Status {
-        hash: crc32fast::hash(&body),
+        hash,
         revision,
         total_key,
-        total_size: (body.len() + SHA_LEN) as u64,
+        total_size,
     })
 }
 
@@ -216,13 +357,23 @@ mod tests {
         );
         b.put(Cf::RaftLog, b"1".to_vec(), b"entry".to_vec());
         storage.write(b, true)?;
-        let bytes = export(&storage)?;
         let file = dir.path().join("snap.db");
-        std::fs::write(&file, &bytes).map_err(|source| SnapshotError::Io {
+        export_to(&storage, &file)?;
+        let bytes = std::fs::read(&file).map_err(|source| SnapshotError::Io {
             path: String::new(),
             source,
         })?;
         assert_eq!(status(&file)?.revision, 7);
+        // The streamed rows have bincode's layout of a row list (the format of earlier files).
+        let len = u64::from_be_bytes(bytes[MAGIC.len()..MAGIC.len() + 8].try_into().unwrap());
+        let body = &bytes[MAGIC.len() + 8..MAGIC.len() + 8 + len as usize];
+        let rows: Vec<(u8, Vec<u8>, Vec<u8>)> = bincode::deserialize(body).unwrap();
+        let want: Vec<(u8, Vec<u8>, Vec<u8>)> = storage
+            .export(&Cf::STATE_MACHINE)?
+            .into_iter()
+            .map(|(cf, k, v)| (cf.tag(), k, v))
+            .collect();
+        assert_eq!(rows, want);
 
         let restored = restore(&file, &dir.path().join("dst"), false)?;
         assert_eq!(restored.revision, 7);

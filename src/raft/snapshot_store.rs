@@ -139,6 +139,11 @@ impl SnapStore {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            if name.starts_with("backup-") {
+                // A backup file a crash left behind while streaming it to a client.
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                continue;
+            }
             let half_made = name.starts_with("tmp-")
                 || (name.starts_with("recv-")
                     && installing.as_ref().map(|(_, d)| d.as_path()) != Some(path.as_path()))

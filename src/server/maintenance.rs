@@ -32,6 +32,15 @@ async fn maintenance_admin<T>(node: &Node, req: &Request<T>) -> Result<(), Statu
     access::admin(node, c.as_ref()).map_err(unconverted)
 }
 
+/// A file deleted when dropped (a backup streamed to a client).
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The size of a snapshot stream's messages, as etcd's.
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
@@ -192,31 +201,76 @@ impl Maintenance for MaintenanceService {
         maintenance_admin(&self.node, &request).await?;
         let storage = self.node.storage.clone();
         let started = std::time::Instant::now();
-        let file = tokio::task::spawn_blocking(move || crate::node::snapshot::export(&storage))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(format!("etcdserver: snapshot: {e}")))?;
+        // The file is written beside the raft snapshots, then streamed from disk and deleted:
+        // memory holds one chunk, whatever the database's size.
+        let dir = self
+            .node
+            .storage
+            .path()
+            .parent()
+            .map(|p| p.join("snap"))
+            .unwrap_or_else(|| std::path::PathBuf::from("."));
+        let path = dir.join(format!(
+            "backup-{}.tmp",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ));
+        let file = TempFile(path.clone());
+        let total = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))
+                .and_then(|()| {
+                    crate::node::snapshot::export_to(&storage, &path).map_err(|e| e.to_string())
+                })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(format!("etcdserver: snapshot: {e}")))?;
         crate::metrics::get()
             .snapshot_duration
             .observe(started.elapsed().as_secs_f64());
-        tracing::info!(bytes = file.len(), "sending a snapshot to a client");
+        tracing::info!(bytes = total, "sending a snapshot to a client");
         // etcd's stream: the database in chunks (remaining_bytes counts what follows each chunk),
         // then the sha256 of the database as the last message. The file carries the same
         // checksum as its last 32 bytes, so the chunks are the file itself.
-        let total = file.len();
-        let chunks: Vec<Result<SnapshotResponse, Status>> = file
-            .chunks(SNAPSHOT_CHUNK)
-            .scan(0usize, |sent, chunk| {
-                *sent += chunk.len();
-                Some(Ok(SnapshotResponse {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<SnapshotResponse, Status>>(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let file_guard = file;
+            let mut f = match std::fs::File::open(&file_guard.0) {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = tx
+                        .blocking_send(Err(Status::internal(format!("etcdserver: snapshot: {e}"))));
+                    return;
+                }
+            };
+            let mut sent = 0u64;
+            while sent < total {
+                let mut blob = vec![0u8; SNAPSHOT_CHUNK.min((total - sent) as usize)];
+                if let Err(e) = f.read_exact(&mut blob) {
+                    let _ = tx
+                        .blocking_send(Err(Status::internal(format!("etcdserver: snapshot: {e}"))));
+                    return;
+                }
+                sent += blob.len() as u64;
+                let msg = SnapshotResponse {
                     header: None,
-                    remaining_bytes: (total - *sent) as u64,
-                    blob: chunk.to_vec(),
+                    remaining_bytes: total - sent,
+                    blob,
                     version: String::new(),
-                }))
-            })
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+                };
+                if tx.blocking_send(Ok(msg)).is_err() {
+                    // The client went away.
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(

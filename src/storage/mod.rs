@@ -337,7 +337,9 @@ impl Storage {
         }
     }
 
-    /// Reads every key and value of the given column families from one consistent point in time.
+    /// Reads every key and value of the given column families from one consistent point in time,
+    /// into memory: for tests only (a member streams through [`Storage::read_view`]).
+    #[cfg(test)]
     pub fn export(&self, cfs: &[Cf]) -> Result<Vec<Row>, StorageError> {
         let snap = self.db.snapshot();
         let mut out = Vec::new();
