@@ -35,6 +35,12 @@ test: lint
 bench: deps
 	scripts/bench.sh
 
+## Data-scale comparison with the real etcd (release builds): ARGS="--keys=1000000" by default.
+.PHONY: bench-scale
+bench-scale: deps
+	cargo build --release --bins
+	python3 scripts/bench_scale.py --bin-dir "$${CARGO_TARGET_DIR:-target}/release" $(ARGS)
+
 ## The container image oxcd:<version> and oxcd:latest (makes local base images where no registry is reachable).
 .PHONY: image
 image:

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Data-scale benchmark: oxcd and the real etcd side by side with a database of real size.
+
+One member of each, the same flags (quota 8 GiB), the same load: --keys keys of 16 bytes with
+--value-size byte values written twice (the second pass overwrites every key, so the history holds
+a superseded revision per key). Reported for each, and as oxcd/etcd ratios: load throughput and
+slowest put of each pass, resident memory after the load and at peak, disk use, `etcdctl snapshot
+save` time and the server's peak memory meanwhile, a 500-key page and a count over the whole
+prefix, compaction of the superseded revisions (with --physical) and the put p99 while it runs,
+and the time from a restart to serving.
+
+Ratios, not absolute numbers, are the result: the machine is shared and noisy.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import Cluster, bench, tool  # noqa: E402
+
+
+def rss_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def du_bytes(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def timed_ctl(c, *args):
+    start = time.time()
+    r = c.ctl(*args)
+    if r.returncode != 0:
+        raise RuntimeError(f"etcdctl {args}: {r.stderr}")
+    return time.time() - start, r.stdout
+
+
+def revision(c):
+    _, out = timed_ctl(c, "get", "bench-ready", "-w", "json")
+    import json
+
+    return int(json.loads(out)["header"]["revision"])
+
+
+def run_kind(kind, binary, bench_bin, work, a):
+    gib = 1 << 30
+    c = Cluster(kind, binary, 1, work, extra=[f"--quota-backend-bytes={8 * gib}"])
+    res = {}
+    try:
+        c.wait_healthy()
+        m = c.members[0]
+        pid = m["proc"].pid
+        put = ["put", f"--total={a.keys}", "--key-size=16", f"--val-size={a.value_size}",
+               f"--key-space-size={a.keys}", "--sequential-keys"]
+        for p in (1, 2):
+            r = bench(bench_bin, c.endpoints(), a.clients, a.conns, put)
+            res[f"puts/s pass {p}"] = r["requests_per_sec"]
+            res[f"slowest put pass {p} (ms)"] = r["latency_ms"]["max"]
+        res["RSS after load (MiB)"] = rss_kib(pid, "VmRSS") / 1024
+        res["peak RSS during load (MiB)"] = rss_kib(pid, "VmHWM") / 1024
+        res["disk (MiB)"] = du_bytes(os.path.join(c.dir, m["name"])) / (1 << 20)
+        # snapshot save: the server's peak memory is sampled while it runs.
+        peak = [rss_kib(pid, "VmRSS")]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_kib(pid, "VmRSS"))
+                time.sleep(0.02)
+
+        t = threading.Thread(target=sample)
+        t.start()
+        snap = os.path.join(c.dir, "backup.db")
+        secs, _ = timed_ctl(c, "snapshot", "save", snap)
+        done.set()
+        t.join()
+        os.remove(snap)
+        res["snapshot save (s)"] = secs
+        res["peak RSS during snapshot save (MiB)"] = peak[0] / 1024
+        res["page of 500 keys (ms)"] = 1000 * min(
+            timed_ctl(c, "get", "", "--prefix", "--limit=500", "--keys-only")[0] for _ in range(3))
+        res["count of every key (ms)"] = 1000 * min(
+            timed_ctl(c, "get", "", "--prefix", "--count-only")[0] for _ in range(3))
+        # Compaction of the superseded revisions, with puts running meanwhile.
+        rev = revision(c)
+        out = {}
+
+        def load():
+            out["r"] = bench(bench_bin, c.endpoints(), 10, 2,
+                             ["put", "--total=5000", "--key-size=16", "--val-size=64",
+                              "--key-space-size=1000"])
+
+        lt = threading.Thread(target=load)
+        lt.start()
+        res["compaction (s)"] = timed_ctl(c, "compact", str(rev), "--physical")[0]
+        lt.join()
+        res["put p99 during compaction (ms)"] = out["r"]["latency_ms"]["p99"]
+        # Restart to serving.
+        m["proc"].terminate()
+        m["proc"].wait()
+        start = time.time()
+        c.start(m)
+        deadline = start + 600
+        while time.time() < deadline:
+            if c.ctl("get", "bench-ready").returncode == 0:
+                break
+            time.sleep(0.05)
+        res["restart to serving (s)"] = time.time() - start
+        res["RSS after restart (MiB)"] = rss_kib(m["proc"].pid, "VmRSS") / 1024
+    finally:
+        c.stop()
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--bin-dir", default="target/release")
+    ap.add_argument("--keys", type=int, default=1_000_000)
+    ap.add_argument("--value-size", type=int, default=1024)
+    ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--conns", type=int, default=10)
+    a = ap.parse_args()
+    bench_bin = os.path.join(a.bin_dir, "oxcd-bench")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="oxcd-bench-scale-") as work:
+        for kind, binary in (("etcd", tool("ETCD", "etcd")),
+                             ("oxcd", os.path.join(a.bin_dir, "oxcd"))):
+            print(f"== {kind}: {a.keys} keys of {a.value_size} bytes, twice", flush=True)
+            results[kind] = run_kind(kind, binary, bench_bin, work, a)
+    print()
+    print(f"{'':42} {'etcd':>10} {'oxcd':>10} {'oxcd/etcd':>10}")
+    for k in results["etcd"]:
+        e, o = results["etcd"][k], results["oxcd"][k]
+        ratio = o / e if e else float("nan")
+        print(f"{k:42} {e:10.2f} {o:10.2f} {ratio:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
