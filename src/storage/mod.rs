@@ -240,24 +240,13 @@ impl Storage {
         cf: Cf,
         from: &[u8],
         to: Option<&[u8]>,
-        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StorageError>,
+        visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StorageError>,
     ) -> Result<(), StorageError> {
         let it = self.db.iterator_cf(
             self.handle(cf)?,
             IteratorMode::From(from, rocksdb::Direction::Forward),
         );
-        for item in it {
-            let (k, v) = item?;
-            if let Some(to) = to {
-                if k.as_ref() >= to {
-                    break;
-                }
-            }
-            if !visit(&k, &v)? {
-                break;
-            }
-        }
-        Ok(())
+        visit_until(it, to, visit)
     }
 
     /// The last key and value of `cf`, if any.
@@ -406,6 +395,24 @@ impl Storage {
     }
 }
 
+/// Feeds `visit` the items of `it` below `to` until it returns `false`.
+fn visit_until<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    it: impl Iterator<Item = Result<(K, V), rocksdb::Error>>,
+    to: Option<&[u8]>,
+    mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StorageError>,
+) -> Result<(), StorageError> {
+    for item in it {
+        let (k, v) = item?;
+        if to.is_some_and(|to| k.as_ref() >= to) {
+            break;
+        }
+        if !visit(k.as_ref(), v.as_ref())? {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// A consistent point-in-time view of a [`Storage`] (see [`Storage::read_view`]).
 pub struct ReadView<'a> {
     storage: &'a Storage,
@@ -443,24 +450,13 @@ impl ReadView<'_> {
         cf: Cf,
         from: &[u8],
         to: Option<&[u8]>,
-        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StorageError>,
+        visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StorageError>,
     ) -> Result<(), StorageError> {
         let it = self.snap.iterator_cf(
             self.storage.handle(cf)?,
             IteratorMode::From(from, rocksdb::Direction::Forward),
         );
-        for item in it {
-            let (k, v) = item?;
-            if let Some(to) = to {
-                if k.as_ref() >= to {
-                    break;
-                }
-            }
-            if !visit(&k, &v)? {
-                break;
-            }
-        }
-        Ok(())
+        visit_until(it, to, visit)
     }
 }
 
