@@ -244,7 +244,7 @@ impl Mvcc {
             return Ok(None);
         }
         match index.get(key, rev) {
-            Some(v) => Ok(fetch_values(&self.storage, None, &[v])?.pop()),
+            Some(v) => Ok(fetch_values(|k| self.storage.multi_get(Cf::Kv, k), None, &[v])?.pop()),
             None => Ok(None),
         }
     }
@@ -268,7 +268,9 @@ impl Mvcc {
             let plan = plan_range(&index, index.current, r)?;
             (plan, self.storage.read_view())
         };
-        finish_range(plan, r, |vis| fetch_from_view(&view, vis))
+        finish_range(plan, r, |vis| {
+            fetch_values(|k| view.multi_get(Cf::Kv, k), None, vis)
+        })
     }
 
     /// etcd's HashKV: a CRC-32 over every stored change from the compacted revision up to `rev`
@@ -309,8 +311,10 @@ impl Mvcc {
     }
 }
 
+/// The key-values of `vis`: from `pending` (a writer's uncommitted puts) where there, the rest
+/// through `multi_get` (the `kv` column family of the store, or of a consistent view of it).
 fn fetch_values(
-    storage: &Storage,
+    multi_get: impl FnOnce(&[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError>,
     pending: Option<&HashMap<Revision, KeyValue>>,
     vis: &[Visible],
 ) -> Result<Vec<KeyValue>, StorageError> {
@@ -326,7 +330,7 @@ fn fetch_values(
         }
     }
     if !missing_keys.is_empty() {
-        let got = storage.multi_get(Cf::Kv, &missing_keys)?;
+        let got = multi_get(&missing_keys)?;
         for (pos, raw) in missing_pos.into_iter().zip(got) {
             let raw = raw.ok_or_else(|| StorageError::Corrupt {
                 cf: "kv",
@@ -336,25 +340,6 @@ fn fetch_values(
         }
     }
     Ok(out.into_iter().flatten().collect())
-}
-
-/// Values of `vis` read through a consistent view.
-fn fetch_from_view(
-    view: &crate::storage::ReadView<'_>,
-    vis: &[Visible],
-) -> Result<Vec<KeyValue>, StorageError> {
-    let keys: Vec<Vec<u8>> = vis.iter().map(|v| v.rev.to_bytes().to_vec()).collect();
-    let got = view.multi_get(Cf::Kv, &keys)?;
-    vis.iter()
-        .zip(got)
-        .map(|(v, raw)| {
-            let raw = raw.ok_or_else(|| StorageError::Corrupt {
-                cf: "kv",
-                detail: format!("indexed revision {:?} has no value", v.rev),
-            })?;
-            Ok(decode_value(&raw)?.0)
-        })
-        .collect()
 }
 
 /// What the index part of a Range found: the keys to fetch and the count.
@@ -372,7 +357,9 @@ fn range_in(
     r: &RangeRequest,
 ) -> Result<RangeResult, ReadError> {
     let plan = plan_range(index, view, r)?;
-    finish_range(plan, r, |vis| fetch_values(storage, pending, vis))
+    finish_range(plan, r, |vis| {
+        fetch_values(|k| storage.multi_get(Cf::Kv, k), pending, vis)
+    })
 }
 
 /// The index part of a Range: revision checks, the count, and the keys whose values are needed
@@ -597,7 +584,11 @@ impl Writer<'_> {
 
     /// Fetches the full key-values of visible keys.
     pub fn values(&self, vis: &[Visible]) -> Result<Vec<KeyValue>, StorageError> {
-        fetch_values(&self.mvcc.storage, Some(&self.pending), vis)
+        fetch_values(
+            |k| self.mvcc.storage.multi_get(Cf::Kv, k),
+            Some(&self.pending),
+            vis,
+        )
     }
 
     /// A Range inside the transaction.

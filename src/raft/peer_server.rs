@@ -14,7 +14,7 @@ use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::{Snapshot, SnapshotMeta, Vote};
 
 use super::peer::{decode, encode, PeerError, CLUSTER_ID_HEADER, REMOVED_MEMBER};
-use super::snapshot_store::{safe_file_name, SnapData};
+use super::snapshot_store::{safe_file_name, sync_dir, SnapData};
 use super::{ProposeError, Shared, TypeConfig};
 use crate::apply::{Applied, Op};
 use crate::proto::oxcdpeerpb::peer_server::Peer;
@@ -194,9 +194,7 @@ impl Peer for PeerService {
         }
         recv.close_file().await?;
         let dir = recv.dir.clone();
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Status::internal(format!("{}: {e}", dir.display())))?;
+        sync_dir(&dir).map_err(|e| Status::internal(e.to_string()))?;
         crate::metrics::get()
             .peer_received_bytes
             .with_label_values(&[&vote

@@ -87,7 +87,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapError + '_ {
     }
 }
 
-fn nanos() -> u128 {
+/// Nanoseconds since the epoch: a name suffix that does not repeat.
+pub fn nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -95,10 +96,21 @@ fn nanos() -> u128 {
 }
 
 /// Makes a directory's entries durable.
-fn sync_dir(dir: &Path) -> Result<(), SnapError> {
+pub fn sync_dir(dir: &Path) -> Result<(), SnapError> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(io(dir))
+}
+
+/// Where the snapshots of the member whose instance is `storage` live: `<member>/snap`, beside
+/// the instance, on the same file system (checkpoints are hard links).
+pub fn snap_dir(storage: &Storage) -> PathBuf {
+    storage
+        .path()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("snap")
 }
 
 /// The snapshots of one member.
@@ -117,12 +129,7 @@ impl SnapStore {
     /// The snapshot store beside `storage`'s instance (`<member>/snap`), with what a crash left
     /// half-made removed.
     pub fn open(storage: Storage) -> Result<SnapStore, SnapError> {
-        let parent = storage
-            .path()
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let dir = parent.join("snap");
+        let dir = snap_dir(&storage);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         // Absolute, so the install record names the same directory whatever the working directory
         // of a later start.

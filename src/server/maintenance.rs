@@ -203,19 +203,10 @@ impl Maintenance for MaintenanceService {
         let started = std::time::Instant::now();
         // The file is written beside the raft snapshots, then streamed from disk and deleted:
         // memory holds one chunk, whatever the database's size.
-        let dir = self
-            .node
-            .storage
-            .path()
-            .parent()
-            .map(|p| p.join("snap"))
-            .unwrap_or_else(|| std::path::PathBuf::from("."));
+        let dir = crate::raft::snapshot_store::snap_dir(&self.node.storage);
         let path = dir.join(format!(
             "backup-{}.tmp",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default()
+            crate::raft::snapshot_store::nanos()
         ));
         let file = TempFile(path.clone());
         let total = tokio::task::spawn_blocking(move || {

@@ -225,9 +225,18 @@ impl Storage {
         cf: Cf,
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        self.multi_get_opt(cf, keys, &rocksdb::ReadOptions::default())
+    }
+
+    fn multi_get_opt(
+        &self,
+        cf: Cf,
+        keys: &[Vec<u8>],
+        ro: &rocksdb::ReadOptions,
+    ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
         let h = self.handle(cf)?;
         self.db
-            .batched_multi_get_cf(h, keys.iter(), false)
+            .batched_multi_get_cf_opt(h, keys.iter(), false, ro)
             .into_iter()
             .map(|r| r.map(|o| o.map(|s| s.to_vec())).map_err(StorageError::from))
             .collect()
@@ -432,15 +441,9 @@ impl ReadView<'_> {
         cf: Cf,
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        let h = self.storage.handle(cf)?;
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_snapshot(&self.snap);
-        self.storage
-            .db
-            .batched_multi_get_cf_opt(h, keys.iter(), false, &ro)
-            .into_iter()
-            .map(|r| r.map(|o| o.map(|s| s.to_vec())).map_err(StorageError::from))
-            .collect()
+        self.storage.multi_get_opt(cf, keys, &ro)
     }
 
     /// Visits the keys of `cf` in `[from, to)` (to the end when `to` is `None`) in ascending
