@@ -24,6 +24,10 @@ use crate::proto::etcdserverpb::{
     StatusRequest, StatusResponse,
 };
 
+/// The deadline of a MoveLeader call (at least): the server waits up to four election timeouts
+/// plus a second for the target to lead (five seconds with etcd's default election timeout).
+const MOVE_LEADER_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Why a client call failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ClientError {
@@ -133,7 +137,6 @@ impl EtcdClient {
         let ep = Endpoint::from_shared(target)
             .map_err(|e| ClientError::Config(format!("bad endpoint {endpoint}: {e}")))?
             .connect_timeout(opts.timeout)
-            .timeout(opts.timeout)
             .tcp_nodelay(true);
         let dial = async {
             match tls {
@@ -155,11 +158,13 @@ impl EtcdClient {
             timeout: opts.timeout,
         };
         if let Some((name, password)) = &opts.user {
+            let mut req = Request::new(AuthenticateRequest {
+                name: name.clone(),
+                password: password.clone(),
+            });
+            req.set_timeout(opts.timeout);
             let r = AuthClient::new(client.channel.clone())
-                .authenticate(AuthenticateRequest {
-                    name: name.clone(),
-                    password: password.clone(),
-                })
+                .authenticate(req)
                 .await;
             match r {
                 Ok(resp) => {
@@ -180,6 +185,8 @@ impl EtcdClient {
         &self.endpoint
     }
 
+    /// A unary request with this client's deadline and token. Every unary call goes through
+    /// here: the channel itself has no deadline, so a stream (a snapshot) can outlast one.
     fn req<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         r.set_timeout(self.timeout);
@@ -237,8 +244,12 @@ impl EtcdClient {
 
     /// `MoveLeader` to `target` (the member this client dials must be the leader).
     pub async fn move_leader(&self, target: u64) -> Result<(), ClientError> {
+        // The server answers once the target leads, waiting up to four election timeouts: a
+        // shorter deadline here would give up on a transfer that is still under way.
+        let mut req = self.req(MoveLeaderRequest { target_id: target });
+        req.set_timeout(self.timeout.max(MOVE_LEADER_TIMEOUT));
         MaintenanceClient::new(self.channel.clone())
-            .move_leader(self.req(MoveLeaderRequest { target_id: target }))
+            .move_leader(req)
             .await?;
         Ok(())
     }
