@@ -203,6 +203,9 @@ pub struct Config {
     /// How often the leader checks members' hashes for corruption (a Go duration; 0 disables).
     #[serde(deserialize_with = "de::string")]
     pub experimental_corrupt_check_time: String,
+    /// Most stored revisions a compaction deletes per write (0: all in one).
+    #[serde(deserialize_with = "de::u64")]
+    pub experimental_compaction_batch_limit: u64,
     /// Token type: `simple`, or `jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...`.
     #[serde(deserialize_with = "de::string")]
     pub auth_token: String,
@@ -263,6 +266,7 @@ impl Default for Config {
             experimental_enable_lease_checkpoint: false,
             experimental_lease_checkpoint_interval: "5m".to_string(),
             experimental_corrupt_check_time: "0s".to_string(),
+            experimental_compaction_batch_limit: crate::mvcc::purge::DEFAULT_BATCH_LIMIT as u64,
             experimental_enable_lease_checkpoint_persist: false,
             bcrypt_cost: 10,
             auth_token: "simple".to_string(),
@@ -363,6 +367,8 @@ pub struct Settings {
     pub lease_checkpoint_interval: Option<Duration>,
     /// How often the leader runs the corruption check; `None` when it does not.
     pub corrupt_check_interval: Option<Duration>,
+    /// Most stored revisions a compaction deletes per write.
+    pub compaction_batch_limit: usize,
     /// bcrypt cost of password hashes.
     pub bcrypt_cost: u32,
     /// How long a simple token lives after its last use.
@@ -670,6 +676,10 @@ impl Config {
         Ok(Settings {
             corrupt_check_interval: (!corrupt_check_interval.is_zero())
                 .then_some(corrupt_check_interval),
+            compaction_batch_limit: match self.experimental_compaction_batch_limit {
+                0 => usize::MAX,
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            },
             name: self.name.clone(),
             data_dir,
             listen_client,

@@ -8,10 +8,13 @@
 //! - A [`Writer`] holds the index's write lock from its first change until its batch is in RocksDB,
 //!   so readers never see a change whose value is not yet stored.
 //! - Deterministic failures (compacted, future revision, missing key) are [`MvccError`] values.
+//! - A compaction drops history from the index at once and queues the stored rows it frees to
+//!   [`purge::Purger`], which deletes them in bounded batches in the background.
 //! - Each commit's changes are published to the watch [`watch::Hub`] after they are in RocksDB
 //!   and before the index lock is released, so watchers see revisions in order.
 
 pub mod index;
+pub mod purge;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -81,6 +84,7 @@ pub struct Mvcc {
     storage: Storage,
     index: RwLock<Index>,
     hub: watch::Hub,
+    purger: purge::Purger,
 }
 
 /// A slice of history read from storage for a catching-up watcher.
@@ -126,18 +130,47 @@ fn read_i64(storage: &Storage, key: &[u8]) -> Result<Option<i64>, StorageError> 
 }
 
 impl Mvcc {
-    /// Opens the store over `storage`, rebuilding the key index from the `kv` column family.
+    /// Opens the store over `storage`, rebuilding the key index from the `kv` column family,
+    /// with etcd's default compaction batch.
     pub fn open(storage: Storage) -> Result<Arc<Mvcc>, StorageError> {
-        let index = Self::load_index(&storage)?;
+        Self::open_with(storage, purge::DEFAULT_BATCH_LIMIT)
+    }
+
+    /// Opens the store; compactions delete at most `batch_limit` stored revisions per write.
+    /// Rows a compaction had not deleted when the process stopped are queued again.
+    pub fn open_with(storage: Storage, batch_limit: usize) -> Result<Arc<Mvcc>, StorageError> {
+        let (index, leftover) = Self::load_index(&storage)?;
         let hub = watch::Hub::new(index.current);
+        let purger = purge::Purger::start(storage.clone(), batch_limit);
+        purger.reset(index.compacted, leftover);
         Ok(Arc::new(Mvcc {
             storage,
             index: RwLock::new(index),
             hub,
+            purger,
         }))
     }
 
-    fn load_index(storage: &Storage) -> Result<Index, StorageError> {
+    /// Rebuilds the index from storage, and the deletions a compaction left unfinished.
+    fn load_index(storage: &Storage) -> Result<(Index, Option<purge::Job>), StorageError> {
+        let mut index = Self::read_index(storage)?;
+        let compacted = index.compacted;
+        let leftover = index.compact(compacted);
+        let job = (!leftover.is_empty()).then(|| {
+            tracing::info!(
+                compact_revision = compacted,
+                revisions = leftover.len(),
+                "resuming a compaction that a restart interrupted"
+            );
+            purge::Job {
+                at: compacted,
+                revs: Arc::new(leftover),
+            }
+        });
+        Ok((index, job))
+    }
+
+    fn read_index(storage: &Storage) -> Result<Index, StorageError> {
         let mut index = Index::default();
         let compacted = read_i64(storage, META_COMPACT_REV)?.unwrap_or(0);
         let current = read_i64(storage, META_CURRENT_REV)?.unwrap_or(1);
@@ -175,7 +208,9 @@ impl Mvcc {
     ) -> Result<(), StorageError> {
         let mut index = self.index.write();
         write()?;
-        *index = Self::load_index(&self.storage)?;
+        let (loaded, leftover) = Self::load_index(&self.storage)?;
+        *index = loaded;
+        self.purger.reset(index.compacted, leftover);
         self.hub.reset(index.current);
         Ok(())
     }
@@ -276,9 +311,10 @@ impl Mvcc {
     /// etcd's HashKV: a CRC-32 over every stored change from the compacted revision up to `rev`
     /// (0 means the current revision), identical on every member at the same revision. Returns
     /// the hash, the compact revision and the revision hashed.
-    /// The scan runs on a RocksDB snapshot taken under the index lock, after releasing it.
+    /// The scan runs on a RocksDB snapshot taken under the index lock, after releasing it, and
+    /// skips rows a compaction has queued for deletion but not yet deleted.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), ReadError> {
-        let (rev, compacted, view) = {
+        let (rev, compacted, view, pending) = {
             let index = self.index.read();
             let rev = if rev <= 0 { index.current } else { rev };
             if rev > index.current {
@@ -287,16 +323,30 @@ impl Mvcc {
             if rev < index.compacted {
                 return Err(MvccError::Compacted.into());
             }
-            (rev, index.compacted, self.storage.read_view())
+            // The queue before the view: a job leaves the queue only after its rows are
+            // deleted, so the view cannot hold rows of a job the queue no longer shows.
+            let pending = self.purger.pending();
+            (rev, index.compacted, self.storage.read_view(), pending)
         };
         let mut h = crc32fast::Hasher::new();
         let end = Revision::new(rev.saturating_add(1), 0).to_bytes();
         view.scan(Cf::Kv, &[], Some(&end), |k, v| {
-            h.update(k);
-            h.update(v);
+            let queued = Revision::from_bytes(k).is_some_and(|r| pending.contains(&r));
+            if !queued {
+                h.update(k);
+                h.update(v);
+            }
             Ok(true)
         })?;
         Ok((h.finalize(), compacted, rev))
+    }
+
+    /// Waits until every stored row a compaction at or below `rev` dropped is deleted (what
+    /// etcd's `physical` compaction waits for).
+    pub async fn wait_compacted(&self, rev: i64) {
+        let mut done = self.purger.done();
+        // The sender lives as long as the store; an error means the store is going away.
+        let _ = done.wait_for(|d| *d >= rev).await;
     }
 
     /// Starts a write: takes the index's write lock until [`Writer::commit`].
@@ -307,6 +357,7 @@ impl Mvcc {
             pending: HashMap::new(),
             changes: Vec::new(),
             batch: Batch::new(),
+            purge: Vec::new(),
         }
     }
 }
@@ -529,6 +580,8 @@ pub struct Writer<'a> {
     pending: HashMap<Revision, KeyValue>,
     changes: Vec<(i64, KeyValue, bool)>,
     batch: Batch,
+    /// Compactions' stored rows, queued for deletion at commit.
+    purge: Vec<purge::Job>,
 }
 
 impl Writer<'_> {
@@ -682,10 +735,16 @@ impl Writer<'_> {
         if rev > self.index.current {
             return Err(MvccError::FutureRevision);
         }
-        for dropped in self.index.compact(rev) {
-            self.pending.remove(&dropped);
-            self.batch.delete(Cf::Kv, dropped.to_bytes().to_vec());
+        let dropped = self.index.compact(rev);
+        if !self.pending.is_empty() {
+            for r in &dropped {
+                self.pending.remove(r);
+            }
         }
+        self.purge.push(purge::Job {
+            at: rev,
+            revs: Arc::new(dropped),
+        });
         self.batch.put(
             Cf::Meta,
             META_COMPACT_REV.to_vec(),
@@ -708,6 +767,11 @@ impl Writer<'_> {
         crate::metrics::get()
             .backend_commit
             .observe(started.elapsed().as_secs_f64());
+        // Queued while the index lock is still held, so HashKV never sees the new compact
+        // revision without the rows it frees.
+        for job in std::mem::take(&mut self.purge) {
+            self.mvcc.purger.queue(job);
+        }
         let changes = std::mem::take(&mut self.changes);
         self.mvcc.hub.publish(watch::group(changes), current);
         Ok(())

@@ -261,7 +261,7 @@ impl Node {
         {
             tracing::warn!(snapshot_id = %id, "finished a snapshot install that a crash had interrupted");
         }
-        let mvcc = Mvcc::open(storage.clone())?;
+        let mvcc = Mvcc::open_with(storage.clone(), settings.compaction_batch_limit)?;
         let leases = Arc::new(Lessor::open(storage.clone(), Arc::new(SystemClock))?);
         restore_leases(&leases, &mvcc)?;
         let mut auth = AuthStore::open(storage.clone(), settings.auth_token_ttl)?;

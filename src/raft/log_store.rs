@@ -258,6 +258,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
-        purge_through(&self.inner.storage, log_id, false)
+        purge_through(&self.inner.storage, log_id, false)?;
+        tracing::info!(through = log_id.index, "purged the raft log");
+        Ok(())
     }
 }

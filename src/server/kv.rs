@@ -143,10 +143,18 @@ impl KvService {
         c: Option<&Caller>,
     ) -> Result<CompactionResponse, EtcdError> {
         access::admin(&self.node, c)?;
+        let (physical, at) = (r.physical, r.revision);
         match self.propose(Op::Compact(Pb(r)), c).await? {
-            Applied::Compacted { revision } => Ok(CompactionResponse {
-                header: Some(self.node.header(revision)),
-            }),
+            Applied::Compacted { revision } => {
+                // The compact revision is in force once applied; its stored rows are deleted in
+                // the background, and a physical compaction answers only after that.
+                if physical {
+                    self.node.mvcc.wait_compacted(at).await;
+                }
+                Ok(CompactionResponse {
+                    header: Some(self.node.header(revision)),
+                })
+            }
             other => Err(unexpected(&other)),
         }
     }

@@ -145,6 +145,10 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DefragmentResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
         maintenance_admin(&self.node, &request).await?;
+        // Compactions delete their rows in the background; a defragment right after
+        // `etcdctl compact` first lets them finish, so it frees what the user expects.
+        let compacted = self.node.mvcc.compacted_revision();
+        self.node.mvcc.wait_compacted(compacted).await;
         let storage = self.node.storage.clone();
         let m = crate::metrics::get();
         m.defrag_inflight.set(1);

@@ -472,6 +472,18 @@ async fn lagging_member_catches_up_through_a_snapshot() {
             .await
             .expect("put");
     }
+    // Only once the leader's log has moved past everything the member holds does it need a
+    // snapshot (the leader postpones a purge while a replication stream still reads the log).
+    wait_until("the leader to purge its log", WAIT, || {
+        let log = c.members[leader].log();
+        async move {
+            log.lines()
+                .filter(|l| l.contains("purged the raft log"))
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|v| v["fields"]["through"].as_u64() >= Some(100))
+        }
+    })
+    .await;
     c.members[lagger].start();
     c.members[lagger].wait_serving().await;
     wait_until("the lagging member to catch up", WAIT, || {

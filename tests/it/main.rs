@@ -22,6 +22,7 @@ mod ops;
 mod persistence;
 mod pods;
 mod raft_snapshot;
+mod scale;
 mod snapshot;
 mod tls;
 mod watch;
