@@ -101,6 +101,7 @@ settings_flags! {
     bcrypt_cost => "bcrypt-cost", "bcrypt cost of user password hashes, 4 to 31 (default 10).";
     experimental_enable_lease_checkpoint => "experimental-enable-lease-checkpoint", "Checkpoint remaining lease TTLs through the log so they survive a leader change (default false).", bare = "true";
     experimental_lease_checkpoint_interval => "experimental-lease-checkpoint-interval", "How often the leader checkpoints remaining lease TTLs (default 5m).";
+    max_apply_backlog => "max-apply-backlog", "oxcd: refuse new proposals with 'etcdserver: too many requests' while more than this many committed raft entries wait to be applied (default 5000, etcd's fixed gap).";
     experimental_compaction_batch_limit => "experimental-compaction-batch-limit", "Most stored revisions a compaction deletes in one write; 0 deletes them all in one (default 1000).";
     experimental_corrupt_check_time => "experimental-corrupt-check-time", "How often the leader compares every member's key-value hash and raises CORRUPT on a mismatch (default 0s: never).";
     experimental_enable_lease_checkpoint_persist => "experimental-enable-lease-checkpoint-persist", "Accepted for etcd compatibility (requires --experimental-enable-lease-checkpoint); checkpoints are always persisted (default false).", bare = "true";

@@ -206,6 +206,9 @@ pub struct Config {
     /// Most stored revisions a compaction deletes per write (0: all in one).
     #[serde(deserialize_with = "de::u64")]
     pub experimental_compaction_batch_limit: u64,
+    /// Committed but unapplied raft entries above which proposals are refused.
+    #[serde(deserialize_with = "de::u64")]
+    pub max_apply_backlog: u64,
     /// Token type: `simple`, or `jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...`.
     #[serde(deserialize_with = "de::string")]
     pub auth_token: String,
@@ -267,6 +270,7 @@ impl Default for Config {
             experimental_lease_checkpoint_interval: "5m".to_string(),
             experimental_corrupt_check_time: "0s".to_string(),
             experimental_compaction_batch_limit: crate::mvcc::purge::DEFAULT_BATCH_LIMIT as u64,
+            max_apply_backlog: 5000,
             experimental_enable_lease_checkpoint_persist: false,
             bcrypt_cost: 10,
             auth_token: "simple".to_string(),
@@ -369,6 +373,8 @@ pub struct Settings {
     pub corrupt_check_interval: Option<Duration>,
     /// Most stored revisions a compaction deletes per write.
     pub compaction_batch_limit: usize,
+    /// Committed but unapplied raft entries above which proposals are refused.
+    pub max_apply_backlog: u64,
     /// bcrypt cost of password hashes.
     pub bcrypt_cost: u32,
     /// How long a simple token lives after its last use.
@@ -676,6 +682,7 @@ impl Config {
         Ok(Settings {
             corrupt_check_interval: (!corrupt_check_interval.is_zero())
                 .then_some(corrupt_check_interval),
+            max_apply_backlog: self.max_apply_backlog,
             compaction_batch_limit: match self.experimental_compaction_batch_limit {
                 0 => usize::MAX,
                 n => usize::try_from(n).unwrap_or(usize::MAX),

@@ -98,9 +98,6 @@ pub struct Metrics {
     pub compact_revision: IntGauge,
     /// `etcd_debugging_mvcc_db_compaction_keys_total`: stored revisions deleted by compaction.
     pub compaction_keys: IntCounter,
-    /// `etcd_debugging_mvcc_db_compaction_total_duration_milliseconds`: how long deleting one
-    /// compaction's revisions took.
-    pub compaction_duration_ms: Histogram,
     /// `etcd_debugging_mvcc_events_total`: events sent to watchers.
     pub watch_events: IntCounter,
     /// `etcd_debugging_lease_granted_total`.
@@ -223,7 +220,6 @@ impl Metrics {
             current_revision: gauge(&r, "etcd_debugging_mvcc_current_revision", "The current revision of store.")?,
             compact_revision: gauge(&r, "etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store.")?,
             compaction_keys: counter(&r, "etcd_debugging_mvcc_db_compaction_keys_total", "Total number of db keys compacted.")?,
-            compaction_duration_ms: histogram(&r, "etcd_debugging_mvcc_db_compaction_total_duration_milliseconds", "Bucketed histogram of db compaction total duration.", 100.0, 14)?,
             watch_events: counter(&r, "etcd_debugging_mvcc_events_total", "Total number of events sent by this member.")?,
             lease_granted: counter(&r, "etcd_debugging_lease_granted_total", "The total number of granted leases.")?,
             lease_revoked: counter(&r, "etcd_debugging_lease_revoked_total", "The total number of revoked leases.")?,

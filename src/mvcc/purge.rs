@@ -208,9 +208,6 @@ fn run(shared: &Shared, storage: &Storage, batch_limit: usize) {
         q.jobs.pop_front();
         drop(q);
         let took = started.elapsed();
-        crate::metrics::get()
-            .compaction_duration_ms
-            .observe(took.as_secs_f64() * 1000.0);
         if deleted > 0 {
             tracing::info!(
                 compact_revision = job.at,

@@ -282,6 +282,7 @@ impl Node {
             max_learners: settings.max_learners,
             strict_reconfig_check: settings.strict_reconfig_check,
             max_message: MAX_PEER_MESSAGE,
+            max_apply_backlog: settings.max_apply_backlog,
         };
         let raft = RaftNode::start(
             identity.member_id.0,

@@ -7,6 +7,8 @@
 //!   raft: a lone write is proposed at once, as itself (no added latency at low load).
 //! - At most [`MAX_IN_FLIGHT`] batches are in raft at once; proposals arriving meanwhile wait and
 //!   form the next batch. A batch holds at most [`MAX_OPS`] ops and about [`MAX_BYTES`] bytes.
+//! - The bytes waiting in the queue are counted ([`MAX_QUEUED_BYTES`]); a proposal that would
+//!   take them past the bound is refused before it is queued.
 //! - Every proposal gets exactly one answer: its own result, or the batch's error.
 //! - Linearizable reads share leadership checks the same way ([`run_reads`]); a read only ever
 //!   shares a check that started after it arrived.
@@ -26,6 +28,9 @@ pub const MAX_IN_FLIGHT: usize = 4;
 pub const MAX_OPS: usize = 512;
 /// About the most bytes of ops in one batch.
 pub const MAX_BYTES: usize = 4 * 1024 * 1024;
+/// The most bytes of proposals waiting for a batch; past it new proposals are refused with
+/// `etcdserver: too many requests` (one proposal of any size is always let in).
+pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
 /// One waiting proposal and where its answer goes.
 pub(super) type Pending = (Op, oneshot::Sender<Result<Applied, ProposeError>>);
@@ -36,7 +41,9 @@ pub(super) async fn run(
     me: u64,
     timeout: Duration,
     mut rx: mpsc::UnboundedReceiver<Pending>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    use std::sync::atomic::Ordering;
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -56,6 +63,7 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
+        queued.fetch_sub(bytes, Ordering::SeqCst);
         let raft = raft.clone();
         tokio::spawn(async move {
             propose(&raft, me, timeout, batch).await;

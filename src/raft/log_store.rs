@@ -45,6 +45,8 @@ pub struct LogStore {
 
 struct Inner {
     storage: Storage,
+    /// The highest committed index openraft has reported.
+    committed: std::sync::atomic::AtomicU64,
     syncer: parking_lot::Mutex<Option<mpsc::Sender<LogFlushed<TypeConfig>>>>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -118,11 +120,19 @@ impl LogStore {
             })?;
         Ok(LogStore {
             inner: Arc::new(Inner {
+                committed: std::sync::atomic::AtomicU64::new(0),
                 storage,
                 syncer: parking_lot::Mutex::new(Some(tx)),
                 thread: parking_lot::Mutex::new(Some(thread)),
             }),
         })
+    }
+
+    /// The highest committed index openraft has reported in this run (0 before the first).
+    pub fn committed_index(&self) -> u64 {
+        self.inner
+            .committed
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, SErr> {
@@ -214,6 +224,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), SErr> {
         if let Some(c) = committed {
             crate::metrics::Metrics::advance(&crate::metrics::get().proposals_committed, c.index);
+            self.inner
+                .committed
+                .fetch_max(c.index, std::sync::atomic::Ordering::SeqCst);
         }
         let mut b = Batch::new();
         b.put(

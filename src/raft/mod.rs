@@ -75,6 +75,9 @@ pub enum ProposeError {
     /// The leader could not be reached.
     #[error("leader unreachable: {0}")]
     LeaderUnreachable(String),
+    /// Applying has fallen far behind committing, or too many proposals wait: push back.
+    #[error("too many requests")]
+    TooManyRequests,
 }
 
 /// Failures while starting raft.
@@ -112,6 +115,8 @@ pub struct RaftSettings {
     pub strict_reconfig_check: bool,
     /// Largest peer message, in bytes.
     pub max_message: usize,
+    /// Committed but unapplied entries above which proposals are refused (etcd: 5000).
+    pub max_apply_backlog: u64,
 }
 
 /// A cluster's identity and members, as a joining member learns them.
@@ -139,6 +144,11 @@ pub(crate) struct Shared {
     strict: bool,
     membership_lock: tokio::sync::Mutex<()>,
     proposals: tokio::sync::mpsc::UnboundedSender<batch::Pending>,
+    /// Bytes of proposals waiting for a batch, bounded by [`batch::MAX_QUEUED_BYTES`].
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// The log, for its committed index.
+    log: LogStore,
+    max_apply_backlog: u64,
     reads: tokio::sync::mpsc::UnboundedSender<batch::PendingRead>,
     leases: Arc<Lessor>,
     /// Bound of one forwarded lease call: one election timeout.
@@ -172,11 +182,32 @@ fn leader_err(e: RaftError<u64, CheckIsLeaderError<u64, Member>>, me: u64) -> Pr
 
 impl Shared {
     async fn write_local(&self, op: Op) -> Result<Applied, ProposeError> {
+        use std::sync::atomic::Ordering;
+        self.check_apply_backlog()?;
+        let size = op.size_hint();
+        // One proposal always gets in, however large; more wait only while the queue is small.
+        let before = self.queued.fetch_add(size, Ordering::SeqCst);
+        if before > 0 && before + size > batch::MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(size, Ordering::SeqCst);
+            return Err(ProposeError::TooManyRequests);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.proposals
-            .send((op, tx))
-            .map_err(|_| ProposeError::Stopped)?;
+        if self.proposals.send((op, tx)).is_err() {
+            self.queued.fetch_sub(size, Ordering::SeqCst);
+            return Err(ProposeError::Stopped);
+        }
         rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// etcd's push-back: refuses a proposal while more than `max_apply_backlog` committed
+    /// entries wait to be applied on this member.
+    fn check_apply_backlog(&self) -> Result<(), ProposeError> {
+        let committed = self.log.committed_index();
+        let applied = self.state_machine.applied().map(|l| l.index).unwrap_or(0);
+        if committed > applied.saturating_add(self.max_apply_backlog) {
+            return Err(ProposeError::TooManyRequests);
+        }
+        Ok(())
     }
 
     async fn local_read_index(&self) -> Result<u64, ProposeError> {
@@ -300,6 +331,8 @@ impl RaftNode {
                 .map_err(|e| StartError::Config(e.to_string()))?,
         );
         let log = LogStore::new(storage.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
+        let log_handle = log.clone();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let sm = StateMachine::open(storage, mvcc, leases.clone(), auth, alarms)
             .map_err(|e| StartError::Storage(e.to_string()))?;
         let peers = Peers::new(settings.max_message, settings.cluster_id);
@@ -323,9 +356,18 @@ impl RaftNode {
                 },
                 proposals: {
                     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                    tokio::spawn(batch::run(raft.clone(), id, settings.request_timeout, rx));
+                    tokio::spawn(batch::run(
+                        raft.clone(),
+                        id,
+                        settings.request_timeout,
+                        rx,
+                        queued.clone(),
+                    ));
                     tx
                 },
+                queued,
+                log: log_handle,
+                max_apply_backlog: settings.max_apply_backlog,
                 raft,
                 id,
                 peers,
@@ -382,6 +424,8 @@ impl RaftNode {
 
     /// Proposes `op` through the log (forwarding to the leader) and returns what applying it produced.
     pub async fn write(&self, op: Op) -> Result<Applied, ProposeError> {
+        // A member that cannot keep up applying refuses, as etcd's does, before forwarding.
+        self.shared.check_apply_backlog()?;
         let mut hint = None;
         for _ in 0..FORWARD_ATTEMPTS {
             let res = match hint {

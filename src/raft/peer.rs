@@ -32,6 +32,11 @@ use crate::proto::oxcdpeerpb::peer_client::PeerClient;
 use crate::proto::oxcdpeerpb::{Payload, SnapshotChunk};
 use crate::types::Member;
 
+/// The most bytes one AppendEntries message carries when it holds more than one entry; larger
+/// ones are split (etcd sends at most 1 MiB per append message; bigger pieces suit our batched
+/// entries, small enough that a catch-up never builds a message near the gRPC limit).
+pub const APPEND_LIMIT: usize = 16 * 1024 * 1024;
+
 /// A failure to reach a peer or to understand its reply.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -370,11 +375,34 @@ fn produce_chunks(
 }
 
 impl RaftNetwork<TypeConfig> for PeerConn {
+    /// Sends entries to the peer. A message of several entries over [`APPEND_LIMIT`] (or the
+    /// peer message limit) is not sent: openraft is told it is too large, with how many entries
+    /// fit, and sends them in smaller pieces. A single entry always goes.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        let limit = APPEND_LIMIT.min(self.peers.max_message) as u64;
+        let entries = rpc.entries.len() as u64;
+        if entries > 1 {
+            let size = bincode::serialized_size(&rpc).unwrap_or(0);
+            if size > limit {
+                let fit = (u128::from(entries) * u128::from(limit) / u128::from(size)) as u64;
+                let hint = fit.clamp(1, entries - 1);
+                tracing::info!(
+                    to = %format!("{:x}", self.target),
+                    entries,
+                    bytes = size,
+                    limit,
+                    hint,
+                    "splitting an append that exceeds the peer message limit"
+                );
+                return Err(RPCError::PayloadTooLarge(
+                    openraft::error::PayloadTooLarge::new_entries_hint(hint),
+                ));
+            }
+        }
         self.raft_call(&rpc, option.hard_ttl(), RaftCall::Append)
             .await
     }

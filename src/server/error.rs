@@ -65,6 +65,9 @@ pub enum EtcdError {
     /// Timed out.
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// Applying is far behind committing (or too many proposals wait).
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     /// Peer URLs already used.
     #[error("etcdserver: Peer URLs already exists")]
     PeerUrlExists,
@@ -123,7 +126,7 @@ impl EtcdError {
             LeaseNotFound => Code::NotFound,
             LeaseExists => Code::FailedPrecondition,
             PermissionNotGiven => Code::InvalidArgument,
-            NoSpace => Code::ResourceExhausted,
+            NoSpace | TooManyRequests => Code::ResourceExhausted,
             Corrupt => Code::DataLoss,
             NoLeader | Stopped | Timeout => Code::Unavailable,
             NotLeader | PeerUrlExists | MemberIdExists | TooManyLearners | NotEnoughStarted
@@ -229,6 +232,7 @@ impl From<ProposeError> for EtcdError {
             ProposeError::NoLeader => EtcdError::NoLeader,
             ProposeError::NotLeader(_) => EtcdError::NotLeader,
             ProposeError::Stopped => EtcdError::Stopped,
+            ProposeError::TooManyRequests => EtcdError::TooManyRequests,
             ProposeError::Timeout | ProposeError::LeaderUnreachable(_) => EtcdError::Timeout,
         }
     }

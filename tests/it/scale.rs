@@ -93,3 +93,144 @@ async fn compaction_of_a_long_history_lets_reads_and_writes_through_between_batc
     let g = kv.get("hist/127", None).await.expect("get");
     assert_eq!(g.kvs()[0].value(), 399u32.to_be_bytes());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_requests_under_an_apply_backlog_and_writes_resume_after() {
+    // etcd refuses proposals while more than 5000 committed entries wait to be applied; with
+    // the bound at 0 any backlog at all makes the member push back, so concurrent writers see it.
+    let c = Cluster::start_with(Kind::Oxcd, 1, &["--max-apply-backlog=0"]).await;
+    let kv = c.members[0].client().await;
+    let refused = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..32 {
+        let mut kv = kv.clone();
+        let refused = refused.clone();
+        writers.push(tokio::spawn(async move {
+            let mut ok = 0u32;
+            for i in 0..2000 {
+                if refused.load(Ordering::SeqCst) {
+                    break;
+                }
+                match kv.put(format!("load/{w}/{i}"), vec![0u8; 1024], None).await {
+                    Ok(_) => ok += 1,
+                    Err(etcd_client::Error::GRpcStatus(s)) => {
+                        assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                        assert_eq!(s.message(), "etcdserver: too many requests");
+                        refused.store(true, Ordering::SeqCst);
+                    }
+                    Err(e) => panic!("unexpected error {e}"),
+                }
+            }
+            ok
+        }));
+    }
+    let mut written = 0;
+    for w in writers {
+        written += w.await.expect("writer");
+    }
+    assert!(
+        refused.load(Ordering::SeqCst),
+        "no write was refused in {written} puts from 32 writers"
+    );
+    // The backlog drains once the load stops: the member takes writes again.
+    let mut kv = kv;
+    crate::harness::wait_until("writes to be accepted again", crate::harness::WAIT, || {
+        let mut kv = kv.clone();
+        async move { kv.put("after", "v", None).await.is_ok() }
+    })
+    .await;
+    let g = kv.get("after", None).await.expect("get");
+    assert_eq!(g.kvs()[0].value(), b"v");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_member_catches_up_through_appends_split_below_the_message_limit() {
+    let mut c = Cluster::start_with(Kind::Oxcd, 3, &[]).await;
+    let leader = c.wait_leader().await;
+    let lagger = (0..3).find(|&i| i != leader).expect("follower");
+    assert!(c.members[lagger].stop().await, "clean exit on SIGTERM");
+    let mut kv = c.members[leader].client().await;
+    // 48 entries of 1 MiB that do not compress: three times the 16 MiB an append may carry.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for i in 0..48 {
+        let v: Vec<u8> = (0..(1 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        kv.put(format!("big/{i:02}"), v, None).await.expect("put");
+    }
+    c.members[lagger].start();
+    crate::harness::wait_until(
+        "the lagging member to hold every key",
+        crate::harness::WAIT * 2,
+        || {
+            let m = &c.members[lagger];
+            async move {
+                let Ok(mut kv) = etcd_client::Client::connect([m.endpoint()], None).await else {
+                    return false;
+                };
+                kv.get(
+                    "big/",
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_count_only()
+                            .with_serializable(),
+                    ),
+                )
+                .await
+                .is_ok_and(|g| g.count() == 48)
+            }
+        },
+    )
+    .await;
+    let log = c.members[leader].log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("splitting an append that exceeds the peer message limit"))
+        .unwrap_or_else(|| panic!("the leader never split an append: {log}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("json log line");
+    assert!(
+        v["fields"]["bytes"].as_u64() > v["fields"]["limit"].as_u64(),
+        "{line}"
+    );
+    assert!(
+        !c.members[lagger]
+            .log()
+            .contains("installed snapshot from leader"),
+        "the member caught up from the log, not a snapshot"
+    );
+    // Same data everywhere.
+    let mut hashes = Vec::new();
+    for m in &c.members {
+        let rev = kv
+            .get("big/47", None)
+            .await
+            .expect("get")
+            .header()
+            .map(|h| h.revision())
+            .unwrap_or(0);
+        let mut mc = m.client().await;
+        crate::harness::wait_until(
+            "the member to apply everything",
+            crate::harness::WAIT,
+            || {
+                let mut mc = mc.clone();
+                async move {
+                    mc.get("big/47", Some(GetOptions::new().with_serializable()))
+                        .await
+                        .ok()
+                        .and_then(|g| g.header().map(|h| h.revision()))
+                        >= Some(rev)
+                }
+            },
+        )
+        .await;
+        hashes.push(mc.hash_kv(rev).await.expect("hashkv").hash());
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+}
