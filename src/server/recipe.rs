@@ -307,7 +307,9 @@ impl Recipes {
                         return Ok(());
                     }
                 }
-                Ok(HubMsg::Reset) | Err(RecvError::Lagged(_)) => return Ok(()),
+                Ok(HubMsg::Reset | HubMsg::FromStorage) | Err(RecvError::Lagged(_)) => {
+                    return Ok(())
+                }
                 Err(RecvError::Closed) => return Err(EtcdError::Stopped.into()),
             }
         }
@@ -596,7 +598,9 @@ impl Recipes {
                                 break kv;
                             }
                         }
-                        Ok(HubMsg::Reset) | Err(RecvError::Lagged(_)) => continue 'leader,
+                        Ok(HubMsg::Reset | HubMsg::FromStorage) | Err(RecvError::Lagged(_)) => {
+                            continue 'leader
+                        }
                         Err(RecvError::Closed) => return,
                     }
                 },
@@ -631,7 +635,9 @@ impl Recipes {
                             }
                         }
                     }
-                    Ok(HubMsg::Reset) | Err(RecvError::Lagged(_)) => continue 'leader,
+                    Ok(HubMsg::Reset | HubMsg::FromStorage) | Err(RecvError::Lagged(_)) => {
+                        continue 'leader
+                    }
                     Err(RecvError::Closed) => return,
                 }
             }

@@ -410,7 +410,8 @@ impl WatchStreamTask {
                 }
                 Ok(())
             }
-            Ok(HubMsg::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
+            Ok(HubMsg::Reset | HubMsg::FromStorage)
+            | Err(broadcast::error::RecvError::Lagged(_)) => {
                 self.node
                     .mvcc
                     .hub()
