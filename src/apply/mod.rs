@@ -592,7 +592,8 @@ fn exec_txn(
                     Ok(res) => res,
                     Err(ReadError::Storage(e)) => return Err(e),
                     // Ruled out by check_txn: the view only moves forward inside a transaction.
-                    Err(ReadError::Mvcc(_)) => Default::default(),
+                    // (Interrupted comes only from the blocking pool, which a writer never uses.)
+                    Err(ReadError::Mvcc(_) | ReadError::Interrupted(_)) => Default::default(),
                 };
                 Some(Response::ResponseRange(RangeResponse {
                     header: header(res.header_revision),

@@ -63,6 +63,9 @@ pub enum ReadError {
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The read's thread on the blocking pool failed or was cancelled (shutdown).
+    #[error("read interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// The result of a range, without the response header.
@@ -339,6 +342,19 @@ impl Mvcc {
             Ok(true)
         })?;
         Ok((h.finalize(), compacted, rev))
+    }
+
+    /// Runs `f` with the store on tokio's blocking pool, so a read that scans much (a range over
+    /// many keys, a hash of the whole store) never holds one of the async workers that serve
+    /// every other request.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Mvcc) -> Result<T, ReadError> + Send + 'static,
+    ) -> Result<T, ReadError> {
+        let m = self.clone();
+        tokio::task::spawn_blocking(move || f(&m))
+            .await
+            .map_err(|e| ReadError::Interrupted(e.to_string()))?
     }
 
     /// Waits until every stored row a compaction at or below `rev` dropped is deleted (what

@@ -29,7 +29,7 @@ pub(super) async fn run(node: Arc<Node>, interval: Duration) {
 /// One round of the check; returns the members found corrupt.
 pub async fn check_once(node: &Node) -> Vec<u64> {
     let revision = node.mvcc.current_revision();
-    let (hash, compacted, _) = match node.mvcc.hash_kv(revision) {
+    let (hash, compacted, _) = match node.mvcc.blocking(move |m| m.hash_kv(revision)).await {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(error = %e, "corruption check: hashing the local store failed");

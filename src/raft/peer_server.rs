@@ -274,7 +274,12 @@ impl Peer for PeerService {
 
     async fn hash_kv(&self, req: Request<HashKvAt>) -> Result<Response<HashKvReply>, Status> {
         self.refuse_other_cluster(&req)?;
-        let reply = match self.shared.state_machine.hash_kv(req.get_ref().revision) {
+        let reply = match self
+            .shared
+            .state_machine
+            .hash_kv(req.get_ref().revision)
+            .await
+        {
             Ok((hash, compact_revision, hash_revision)) => HashKvReply {
                 hash,
                 compact_revision,

@@ -111,9 +111,13 @@ fn meta_of_checkpoint(cp: &Storage) -> Result<SnapshotMeta<u64, Member>, SnapErr
 }
 
 impl StateMachine {
-    /// The key-value hash at `revision` (hash, compact revision, hash revision), as HashKV.
-    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), String> {
-        self.mvcc.hash_kv(revision).map_err(|e| e.to_string())
+    /// The key-value hash at `revision` (hash, compact revision, hash revision), as HashKV,
+    /// computed on the blocking pool.
+    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), String> {
+        self.mvcc
+            .blocking(move |m| m.hash_kv(revision))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Opens the state machine over the member's storage, store, lease table, auth store and

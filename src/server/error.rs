@@ -222,6 +222,7 @@ impl From<ReadError> for EtcdError {
         match e {
             ReadError::Mvcc(m) => m.into(),
             ReadError::Storage(s) => s.into(),
+            ReadError::Interrupted(s) => EtcdError::Internal(s),
         }
     }
 }

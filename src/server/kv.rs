@@ -63,7 +63,13 @@ impl KvService {
         if let Some(c) = &caller {
             access::range(&self.node, c, &r)?;
         }
-        let res = self.node.mvcc.range(&r)?;
+        // A single key is read in place; a range may visit many keys and fetch many values,
+        // so it runs on the blocking pool.
+        let res = if r.range_end.is_empty() {
+            self.node.mvcc.range(&r)?
+        } else {
+            self.node.mvcc.blocking(move |m| m.range(&r)).await?
+        };
         Ok(RangeResponse {
             header: Some(self.node.header(res.header_revision)),
             kvs: res.kvs,

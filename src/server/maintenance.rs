@@ -168,7 +168,12 @@ impl Maintenance for MaintenanceService {
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
         maintenance_admin(&self.node, &request).await?;
-        let (hash, _, _) = self.node.mvcc.hash_kv(0).map_err(EtcdError::from)?;
+        let (hash, _, _) = self
+            .node
+            .mvcc
+            .blocking(|m| m.hash_kv(0))
+            .await
+            .map_err(EtcdError::from)?;
         Ok(Response::new(HashResponse {
             header: self.header(),
             hash,
@@ -181,10 +186,12 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<HashKvResponse>, Status> {
         guard::voter_rpc(&self.node, &request)?;
         maintenance_admin(&self.node, &request).await?;
+        let at = request.get_ref().revision;
         let (hash, compact_revision, hash_revision) = self
             .node
             .mvcc
-            .hash_kv(request.get_ref().revision)
+            .blocking(move |m| m.hash_kv(at))
+            .await
             .map_err(EtcdError::from)?;
         Ok(Response::new(HashKvResponse {
             header: self.header(),
