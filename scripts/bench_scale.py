@@ -9,10 +9,17 @@ save` time and the server's peak memory meanwhile, a 500-key page and a count ov
 prefix, compaction of the superseded revisions (with --physical) and the put p99 while it runs,
 and the time from a restart to serving.
 
+Then three members of each (--catchup-keys keys, default 300,000): a follower is stopped while every
+key is overwritten (with --snapshot-count=1000 on both, so the leader's log moves past it and it
+needs a snapshot), then restarted. Reported: the time until it serves the leader's revision, the
+peak resident memory of the leader and of that follower meanwhile, and each member's resident
+memory when idle after.
+
 Ratios, not absolute numbers, are the result: the machine is shared and noisy.
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -54,8 +61,6 @@ def timed_ctl(c, *args):
 
 def revision(c):
     _, out = timed_ctl(c, "get", "bench-ready", "-w", "json")
-    import json
-
     return int(json.loads(out)["header"]["revision"])
 
 
@@ -129,6 +134,70 @@ def run_kind(kind, binary, bench_bin, work, a):
     return res
 
 
+def catch_up_kind(kind, binary, bench_bin, work, a):
+    gib = 1 << 30
+    c = Cluster(kind, binary, 3, work,
+                extra=[f"--quota-backend-bytes={8 * gib}", "--snapshot-count=1000"])
+    res = {}
+    try:
+        c.wait_healthy()
+        put = ["put", f"--total={a.catchup_keys}", "--key-size=16", f"--val-size={a.value_size}",
+               f"--key-space-size={a.catchup_keys}", "--sequential-keys"]
+        bench(bench_bin, c.endpoints(), a.clients, a.conns, put)
+        lead = None
+        while lead is None:
+            lead = c.leader()
+        lag = next(m for m in c.members if m is not lead)
+        lag["proc"].terminate()
+        lag["proc"].wait()
+        running = [m for m in c.members if m is not lag]
+        bench(bench_bin, c.endpoints(running), a.clients, a.conns, put)
+        target = revision(c)
+        peaks = {"leader": 0, "follower": 0}
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                for role, m in (("leader", lead), ("follower", lag)):
+                    try:
+                        peaks[role] = max(peaks[role], rss_kib(m["proc"].pid, "VmRSS"))
+                    except OSError:
+                        pass
+                time.sleep(0.02)
+
+        start = time.time()
+        c.start(lag)
+        t = threading.Thread(target=sample)
+        t.start()
+        ep = f"127.0.0.1:{lag['client']}"
+        deadline = start + 900
+        while time.time() < deadline:
+            r = c.ctl("get", "bench-ready", "--consistency=s", "-w", "json", endpoints=ep)
+            if r.returncode == 0:
+                try:
+                    if int(json.loads(r.stdout)["header"]["revision"]) >= target:
+                        break
+                except (ValueError, KeyError):
+                    pass
+            time.sleep(0.05)
+        res["catch-up of a stopped member (s)"] = time.time() - start
+        done.set()
+        t.join()
+        res["leader peak RSS during catch-up (MiB)"] = peaks["leader"] / 1024
+        res["follower peak RSS during catch-up (MiB)"] = peaks["follower"] / 1024
+        time.sleep(5)
+        idle = [rss_kib(m["proc"].pid, "VmRSS") / 1024 for m in c.members]
+        res["idle RSS per member after (MiB)"] = sum(idle) / len(idle)
+        with open(os.path.join(c.dir, lag["name"] + ".log"), errors="replace") as f:
+            log = f.read()
+        snap = ("installed snapshot from leader" in log) or ("applied snapshot" in log)
+        print(f"   {kind}: the stopped member {'installed a snapshot' if snap else 'caught up from the log'}",
+              flush=True)
+    finally:
+        c.stop()
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--bin-dir", default="target/release")
@@ -136,14 +205,21 @@ def main():
     ap.add_argument("--value-size", type=int, default=1024)
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--conns", type=int, default=10)
+    ap.add_argument("--catchup-keys", type=int, default=300_000)
+    ap.add_argument("--skip-single", action="store_true", help="only the three-member catch-up")
     a = ap.parse_args()
     bench_bin = os.path.join(a.bin_dir, "oxcd-bench")
     results = {}
     with tempfile.TemporaryDirectory(prefix="oxcd-bench-scale-") as work:
         for kind, binary in (("etcd", tool("ETCD", "etcd")),
                              ("oxcd", os.path.join(a.bin_dir, "oxcd"))):
-            print(f"== {kind}: {a.keys} keys of {a.value_size} bytes, twice", flush=True)
-            results[kind] = run_kind(kind, binary, bench_bin, work, a)
+            results[kind] = {}
+            if not a.skip_single:
+                print(f"== {kind}: {a.keys} keys of {a.value_size} bytes, twice", flush=True)
+                results[kind].update(run_kind(kind, binary, bench_bin, work, a))
+            print(f"== {kind}: three members, {a.catchup_keys} keys, a stopped member catches up",
+                  flush=True)
+            results[kind].update(catch_up_kind(kind, binary, bench_bin, work, a))
     print()
     print(f"{'':42} {'etcd':>10} {'oxcd':>10} {'oxcd/etcd':>10}")
     for k in results["etcd"]:

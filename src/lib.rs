@@ -33,6 +33,8 @@ pub mod raft;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+#[cfg(test)]
+mod test_alloc;
 pub mod tls;
 pub mod types;
 
