@@ -13,6 +13,7 @@
 //! - Each commit's changes are published to the watch [`watch::Hub`] after they are in RocksDB
 //!   and before the index lock is released, so watchers see revisions in order.
 
+mod codec;
 pub mod index;
 pub mod purge;
 pub mod watch;
@@ -21,22 +22,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockWriteGuard};
-use prost::Message;
 
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::RangeRequest;
 use crate::proto::mvccpb::KeyValue;
 use crate::storage::{Batch, Cf, Storage, StorageError};
 use crate::types::Revision;
+use codec::{decode_head, decode_value, encode_value};
 pub use index::{in_range, EventKind, Index, KeyEvent, Visible};
 
 /// Meta key of the compact revision.
 pub const META_COMPACT_REV: &[u8] = b"compact_rev";
 /// Meta key of the current revision.
 pub const META_CURRENT_REV: &[u8] = b"current_rev";
-
-const FLAG_PUT: u8 = 0;
-const FLAG_TOMBSTONE: u8 = 1;
 
 /// A deterministic outcome of an MVCC operation that is not a success.
 #[derive(
@@ -99,22 +97,6 @@ pub struct History {
     pub next: i64,
     /// Whether `next` is past the current revision (the watcher is caught up).
     pub done: bool,
-}
-
-fn encode_value(kv: &KeyValue, tombstone: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + kv.encoded_len());
-    out.push(if tombstone { FLAG_TOMBSTONE } else { FLAG_PUT });
-    kv.encode(&mut out).ok();
-    out
-}
-
-fn decode_value(raw: &[u8]) -> Result<(KeyValue, bool), StorageError> {
-    let corrupt = |detail: String| StorageError::Corrupt { cf: "kv", detail };
-    let (flag, body) = raw
-        .split_first()
-        .ok_or_else(|| corrupt("empty value".to_string()))?;
-    let kv = KeyValue::decode(body).map_err(|e| corrupt(e.to_string()))?;
-    Ok((kv, *flag == FLAG_TOMBSTONE))
 }
 
 fn read_i64(storage: &Storage, key: &[u8]) -> Result<Option<i64>, StorageError> {
@@ -183,17 +165,18 @@ impl Mvcc {
                 cf: "kv",
                 detail: "bad revision key".to_string(),
             })?;
-            let (kv, tombstone) = decode_value(v)?;
-            let kind = if tombstone {
+            // The head only: the value is neither decoded nor copied.
+            let head = decode_head(v)?;
+            let kind = if head.tombstone {
                 EventKind::Tombstone
             } else {
                 EventKind::Put {
-                    create: kv.create_revision,
-                    version: kv.version,
-                    lease: kv.lease,
+                    create: head.create,
+                    version: head.version,
+                    lease: head.lease,
                 }
             };
-            index.push(&kv.key, KeyEvent { rev, kind });
+            index.push(head.key, KeyEvent { rev, kind });
             max_seen = max_seen.max(rev.main);
             Ok(true)
         })?;

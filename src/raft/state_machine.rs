@@ -110,6 +110,9 @@ fn meta_of_checkpoint(cp: &Storage) -> Result<SnapshotMeta<u64, Member>, SnapErr
     })
 }
 
+/// About the most bytes of ops one write batch of the apply path carries.
+const APPLY_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
 impl StateMachine {
     /// The key-value hash at `revision` (hash, compact revision, hash revision), as HashKV,
     /// computed on the blocking pool.
@@ -255,7 +258,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let removed_before = removed.len();
         let mut w = self.mvcc.writer();
+        // Bytes of ops in the writer's batch so far: past APPLY_CHUNK_BYTES the batch is
+        // committed (with the applied index so far) and a new one begun, so one apply call never
+        // builds an unbounded batch. Only before any membership entry, whose bookkeeping is
+        // written with the last batch.
+        let mut chunk_bytes = 0usize;
         for e in entries {
+            if chunk_bytes > APPLY_CHUNK_BYTES && new_membership.is_none() {
+                if let Some(l) = last {
+                    w.batch_mut().put(
+                        Cf::Meta,
+                        KEY_APPLIED.to_vec(),
+                        bincode::serialize(&Some(l)).map_err(sm_write_err)?,
+                    );
+                }
+                w.commit().map_err(sm_write_err)?;
+                w = self.mvcc.writer();
+                chunk_bytes = 0;
+            }
             last = Some(e.log_id);
             match e.payload {
                 EntryPayload::Blank => out.push(Applied::Nothing),
@@ -265,6 +285,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         auth: &self.auth,
                         alarms: &self.alarms,
                     };
+                    chunk_bytes += op.size_hint();
                     out.push(apply_op(&mut w, tables, &op).map_err(sm_write_err)?)
                 }
                 EntryPayload::Membership(m) => {
