@@ -193,6 +193,9 @@ impl Storage {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        // A quiet column family (meta, leases) keeps every log file alive until it is flushed:
+        // past this size RocksDB flushes it, so a start after a crash replays a bounded log.
+        opts.set_max_total_wal_size(128 << 20);
         let cfs = Cf::ALL
             .iter()
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
@@ -288,12 +291,16 @@ impl Storage {
         Ok(())
     }
 
-    /// Prepares for process exit: makes the write-ahead log durable and stops RocksDB's background
+    /// Prepares for process exit: makes the write-ahead log durable, writes every memtable to a
+    /// table file (so the next start has no log to replay), and stops RocksDB's background
     /// flushes and compactions, waiting for running ones. Reads and writes still work afterwards,
     /// but nothing runs in the background while the process tears down (a background thread
     /// alive at exit aborts the process).
     pub fn quiesce(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true)?;
+        for cf in Cf::ALL {
+            self.db.flush_cf(self.handle(cf)?)?;
+        }
         self.db.cancel_all_background_work(true);
         Ok(())
     }
