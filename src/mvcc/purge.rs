@@ -5,7 +5,7 @@
 //!   history below the compact revision, and the revisions whose stored rows may go are queued
 //!   here as one [`Job`] before the lock is released. A worker thread then deletes those rows
 //!   `batch_limit` at a time, one RocksDB write per batch, holding no index lock, so reads and
-//!   writes go on between batches.
+//!   writes go on between batches; after each batch it rests as long as the batch took.
 //! - Until its job is finished a queued revision counts as deleted: HashKV skips it
 //!   ([`Pending::contains`]), so members agree on the hash whatever their deletion progress. No
 //!   other read can reach it: the index no longer names it and history reads start at or above
@@ -30,6 +30,8 @@ use crate::types::Revision;
 
 /// etcd's default `--experimental-compaction-batch-limit`.
 pub const DEFAULT_BATCH_LIMIT: usize = 1000;
+/// The longest rest between two batches (etcd 3.5 rests 10 ms after every batch).
+const MAX_PAUSE: Duration = Duration::from_millis(10);
 
 /// The stored revisions one compaction leaves to delete.
 #[derive(Debug, Clone)]
@@ -180,6 +182,7 @@ fn run(shared: &Shared, storage: &Storage, batch_limit: usize) {
             for r in revs {
                 b.delete(Cf::Kv, r.to_bytes().to_vec());
             }
+            let took = Instant::now();
             match storage.write(b, false) {
                 Ok(()) => {
                     deleted += revs.len();
@@ -188,6 +191,11 @@ fn run(shared: &Shared, storage: &Storage, batch_limit: usize) {
                         .compaction_keys
                         .inc_by(revs.len() as u64);
                     chunk = chunks.next();
+                    // Rest as long as the batch took (at most etcd's 10 ms pause), so deleting
+                    // takes at most half of the store's write path from client writes.
+                    if chunk.is_some() {
+                        std::thread::sleep(took.elapsed().min(MAX_PAUSE));
+                    }
                 }
                 Err(e) => {
                     // Retried: the rows stay unreachable meanwhile, and a restart queues them again.
