@@ -19,6 +19,7 @@ Ratios, not absolute numbers, are the result: the machine is shared and noisy.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -207,12 +208,17 @@ def main():
     ap.add_argument("--conns", type=int, default=10)
     ap.add_argument("--catchup-keys", type=int, default=300_000)
     ap.add_argument("--skip-single", action="store_true", help="only the three-member catch-up")
+    ap.add_argument("--keep-dir", help="work in this directory and keep the members' logs and data")
+    ap.add_argument("--only", choices=["etcd", "oxcd"], help="run one server only (no ratios)")
     a = ap.parse_args()
     bench_bin = os.path.join(a.bin_dir, "oxcd-bench")
     results = {}
-    with tempfile.TemporaryDirectory(prefix="oxcd-bench-scale-") as work:
+    with (contextlib.nullcontext(a.keep_dir) if a.keep_dir
+          else tempfile.TemporaryDirectory(prefix="oxcd-bench-scale-")) as work:
         for kind, binary in (("etcd", tool("ETCD", "etcd")),
                              ("oxcd", os.path.join(a.bin_dir, "oxcd"))):
+            if a.only and kind != a.only:
+                continue
             results[kind] = {}
             if not a.skip_single:
                 print(f"== {kind}: {a.keys} keys of {a.value_size} bytes, twice", flush=True)
@@ -221,6 +227,10 @@ def main():
                   flush=True)
             results[kind].update(catch_up_kind(kind, binary, bench_bin, work, a))
     print()
+    if a.only:
+        for k, v in results[a.only].items():
+            print(f"{k:42} {v:10.2f}")
+        return
     print(f"{'':42} {'etcd':>10} {'oxcd':>10} {'oxcd/etcd':>10}")
     for k in results["etcd"]:
         e, o = results["etcd"][k], results["oxcd"][k]

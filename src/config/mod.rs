@@ -269,7 +269,8 @@ impl Default for Config {
             experimental_enable_lease_checkpoint: false,
             experimental_lease_checkpoint_interval: "5m".to_string(),
             experimental_corrupt_check_time: "0s".to_string(),
-            experimental_compaction_batch_limit: crate::mvcc::purge::DEFAULT_BATCH_LIMIT as u64,
+            // etcd's default, as mvcc::purge::DEFAULT_BATCH_LIMIT (config may not use mvcc).
+            experimental_compaction_batch_limit: 1000,
             max_apply_backlog: 5000,
             experimental_enable_lease_checkpoint_persist: false,
             bcrypt_cost: 10,
