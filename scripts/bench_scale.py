@@ -208,6 +208,7 @@ def main():
     ap.add_argument("--conns", type=int, default=10)
     ap.add_argument("--catchup-keys", type=int, default=300_000)
     ap.add_argument("--skip-single", action="store_true", help="only the three-member catch-up")
+    ap.add_argument("--skip-catchup", action="store_true", help="only the one-member measures")
     ap.add_argument("--keep-dir", help="work in this directory and keep the members' logs and data")
     ap.add_argument("--only", choices=["etcd", "oxcd"], help="run one server only (no ratios)")
     a = ap.parse_args()
@@ -223,9 +224,10 @@ def main():
             if not a.skip_single:
                 print(f"== {kind}: {a.keys} keys of {a.value_size} bytes, twice", flush=True)
                 results[kind].update(run_kind(kind, binary, bench_bin, work, a))
-            print(f"== {kind}: three members, {a.catchup_keys} keys, a stopped member catches up",
-                  flush=True)
-            results[kind].update(catch_up_kind(kind, binary, bench_bin, work, a))
+            if not a.skip_catchup:
+                print(f"== {kind}: three members, {a.catchup_keys} keys, a stopped member catches up",
+                      flush=True)
+                results[kind].update(catch_up_kind(kind, binary, bench_bin, work, a))
     print()
     if a.only:
         for k, v in results[a.only].items():

@@ -5,7 +5,7 @@
 //!   history below the compact revision, and the revisions whose stored rows may go are queued
 //!   here as one [`Job`] before the lock is released. A worker thread then deletes those rows
 //!   `batch_limit` at a time, one RocksDB write per batch, holding no index lock, so reads and
-//!   writes go on between batches; after each batch it rests as long as the batch took.
+//!   writes go on between batches; after each batch it rests twice as long as the batch took.
 //! - Until its job is finished a queued revision counts as deleted: HashKV skips it
 //!   ([`Pending::contains`]), so members agree on the hash whatever their deletion progress. No
 //!   other read can reach it: the index no longer names it and history reads start at or above
@@ -191,10 +191,10 @@ fn run(shared: &Shared, storage: &Storage, batch_limit: usize) {
                         .compaction_keys
                         .inc_by(revs.len() as u64);
                     chunk = chunks.next();
-                    // Rest as long as the batch took (at most etcd's 10 ms pause), so deleting
-                    // takes at most half of the store's write path from client writes.
+                    // Rest twice as long as the batch took (at most etcd's 10 ms pause), so
+                    // deleting takes at most a third of the store's write path from client writes.
                     if chunk.is_some() {
-                        std::thread::sleep(took.elapsed().min(MAX_PAUSE));
+                        std::thread::sleep((took.elapsed() * 2).min(MAX_PAUSE));
                     }
                 }
                 Err(e) => {
