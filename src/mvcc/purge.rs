@@ -182,7 +182,7 @@ fn run(shared: &Shared, storage: &Storage, batch_limit: usize) {
             for r in revs {
                 b.delete(Cf::Kv, r.to_bytes().to_vec());
             }
-            let took = Instant::now();
+            let batch_started = Instant::now();
             match storage.write(b, false) {
                 Ok(()) => {
                     deleted += revs.len();
@@ -194,7 +194,7 @@ fn run(shared: &Shared, storage: &Storage, batch_limit: usize) {
                     // Rest twice as long as the batch took (at most etcd's 10 ms pause), so
                     // deleting takes at most a third of the store's write path from client writes.
                     if chunk.is_some() {
-                        std::thread::sleep((took.elapsed() * 2).min(MAX_PAUSE));
+                        std::thread::sleep((batch_started.elapsed() * 2).min(MAX_PAUSE));
                     }
                 }
                 Err(e) => {

@@ -424,8 +424,8 @@ impl RaftNode {
 
     /// Proposes `op` through the log (forwarding to the leader) and returns what applying it produced.
     pub async fn write(&self, op: Op) -> Result<Applied, ProposeError> {
-        // A member that cannot keep up applying refuses, as etcd's does, before forwarding.
-        self.shared.check_apply_backlog()?;
+        // The first attempt is always local, so a member that cannot keep up applying refuses
+        // there (check_apply_backlog), as etcd's does, before anything is forwarded.
         let mut hint = None;
         for _ in 0..FORWARD_ATTEMPTS {
             let res = match hint {

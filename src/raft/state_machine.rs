@@ -26,7 +26,7 @@ use crate::apply::{apply_op, restore_leases, Alarms, Applied, Tables};
 use crate::auth::AuthStore;
 use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
-use crate::storage::{Cf, Storage};
+use crate::storage::{Batch, Cf, Storage};
 use crate::types::Member;
 
 const KEY_APPLIED: &[u8] = b"applied";
@@ -112,6 +112,18 @@ fn meta_of_checkpoint(cp: &Storage) -> Result<SnapshotMeta<u64, Member>, SnapErr
 
 /// About the most bytes of ops one write batch of the apply path carries.
 const APPLY_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+/// Records `last` (when there is one) as the applied log id in `batch`.
+fn put_applied(batch: &mut Batch, last: Option<LogId<u64>>) -> Result<(), SErr> {
+    if let Some(l) = last {
+        batch.put(
+            Cf::Meta,
+            KEY_APPLIED.to_vec(),
+            bincode::serialize(&Some(l)).map_err(sm_write_err)?,
+        );
+    }
+    Ok(())
+}
 
 impl StateMachine {
     /// The key-value hash at `revision` (hash, compact revision, hash revision), as HashKV,
@@ -265,13 +277,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut chunk_bytes = 0usize;
         for e in entries {
             if chunk_bytes > APPLY_CHUNK_BYTES && new_membership.is_none() {
-                if let Some(l) = last {
-                    w.batch_mut().put(
-                        Cf::Meta,
-                        KEY_APPLIED.to_vec(),
-                        bincode::serialize(&Some(l)).map_err(sm_write_err)?,
-                    );
-                }
+                put_applied(w.batch_mut(), last)?;
                 w.commit().map_err(sm_write_err)?;
                 w = self.mvcc.writer();
                 chunk_bytes = 0;
@@ -310,13 +316,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 bincode::serialize(&removed).map_err(sm_write_err)?,
             );
         }
-        if let Some(l) = last {
-            w.batch_mut().put(
-                Cf::Meta,
-                KEY_APPLIED.to_vec(),
-                bincode::serialize(&Some(l)).map_err(sm_write_err)?,
-            );
-        }
+        put_applied(w.batch_mut(), last)?;
         w.commit().map_err(sm_write_err)?;
         let mut st = self.state.lock();
         if last.is_some() {

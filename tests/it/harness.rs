@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions};
 
 /// How long a test waits for a condition before it fails.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -796,4 +796,61 @@ fn send_signal(pid: u32, signal: &str) {
         .status()
         .expect("run kill");
     assert!(st.success(), "kill -{signal} {pid}");
+}
+
+/// Puts `n` keys under `prefix` with `value` bytes each that do not compress (RocksDB would
+/// shrink repeated bytes to nothing).
+pub async fn fill_incompressible(kv: &mut Client, prefix: &str, n: usize, value: usize) {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (prefix.len() as u64);
+    for i in 0..n {
+        let v: Vec<u8> = (0..value)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        kv.put(format!("{prefix}{i:05}"), v, None)
+            .await
+            .expect("put");
+    }
+}
+
+/// Waits until every running member reports the same HashKV at the same revision.
+pub async fn wait_same_hashkv(c: &Cluster) {
+    let mut last = Vec::new();
+    let deadline = Instant::now() + WAIT * 2;
+    while Instant::now() < deadline {
+        let mut seen = Vec::new();
+        for m in c.members.iter().filter(|m| m.running()) {
+            match m.client().await.hash_kv(0).await {
+                Ok(h) => seen.push((h.header().map(|h| h.revision()).unwrap_or(0), h.hash())),
+                Err(_) => seen.push((-1, 0)),
+            }
+        }
+        if seen.windows(2).all(|w| w[0] == w[1]) && seen[0].0 > 0 {
+            return;
+        }
+        last = seen;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("members never agreed on HashKV: {last:?}");
+}
+
+/// How many keys under `prefix` member `m` holds, read locally (-1 when it cannot answer).
+pub async fn count(m: &Member, prefix: &str) -> i64 {
+    let mut c = m.client().await;
+    c.get(
+        prefix,
+        Some(
+            GetOptions::new()
+                .with_prefix()
+                .with_count_only()
+                .with_serializable(),
+        ),
+    )
+    .await
+    .map(|g| g.count())
+    .unwrap_or(-1)
 }

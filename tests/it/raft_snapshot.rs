@@ -5,68 +5,12 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, GetOptions};
-
-use crate::harness::{connect, wait_until, Cluster, Kind, Member, WAIT};
+use crate::harness::{
+    connect, count, fill_incompressible, wait_same_hashkv, wait_until, Cluster, Kind, Member, WAIT,
+};
 
 /// Values this large make the snapshot many times the 1 MiB chunk.
 const VALUE: usize = 24 << 10;
-
-/// Puts `n` keys under `prefix` with `value` bytes each that do not compress (RocksDB would
-/// shrink repeated bytes to nothing).
-async fn fill(kv: &mut Client, prefix: &str, n: usize, value: usize) {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (prefix.len() as u64);
-    for i in 0..n {
-        let v: Vec<u8> = (0..value)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        kv.put(format!("{prefix}{i:05}"), v, None)
-            .await
-            .expect("put");
-    }
-}
-
-/// Waits until every running member reports the same HashKV at the same revision.
-async fn wait_same_hashkv(c: &Cluster) {
-    let mut last = Vec::new();
-    let deadline = Instant::now() + WAIT * 2;
-    while Instant::now() < deadline {
-        let mut seen = Vec::new();
-        for m in c.members.iter().filter(|m| m.running()) {
-            match m.client().await.hash_kv(0).await {
-                Ok(h) => seen.push((h.header().map(|h| h.revision()).unwrap_or(0), h.hash())),
-                Err(_) => seen.push((-1, 0)),
-            }
-        }
-        if seen.windows(2).all(|w| w[0] == w[1]) && seen[0].0 > 0 {
-            return;
-        }
-        last = seen;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("members never agreed on HashKV: {last:?}");
-}
-
-async fn count(m: &Member, prefix: &str) -> i64 {
-    let mut c = m.client().await;
-    c.get(
-        prefix,
-        Some(
-            GetOptions::new()
-                .with_prefix()
-                .with_count_only()
-                .with_serializable(),
-        ),
-    )
-    .await
-    .map(|g| g.count())
-    .unwrap_or(-1)
-}
 
 /// The entries of the member's snapshot directory.
 fn snap_entries(m: &Member) -> Vec<String> {
@@ -100,7 +44,7 @@ async fn a_lagging_member_catches_up_from_a_snapshot_of_many_chunks() {
         .map(|i| c.members[i].endpoint())
         .collect();
     let mut kv = connect(&others).await;
-    fill(&mut kv, "big/", 1600, VALUE).await;
+    fill_incompressible(&mut kv, "big/", 1600, VALUE).await;
 
     let started = Instant::now();
     c.members[lagger].start();
@@ -146,7 +90,7 @@ async fn a_member_killed_at_each_step_of_an_install_restarts_and_converges() {
         .collect();
     let mut kv = connect(&others).await;
     assert!(c.members[lagger].stop().await);
-    fill(&mut kv, "big/", 1200, VALUE).await;
+    fill_incompressible(&mut kv, "big/", 1200, VALUE).await;
 
     let mut recovered = 0;
     for (round, step) in [
@@ -158,7 +102,7 @@ async fn a_member_killed_at_each_step_of_an_install_restarts_and_converges() {
     .enumerate()
     {
         // Enough new entries that the leader's log has moved past the member again.
-        fill(&mut kv, &format!("round{round}/"), 500, 16).await;
+        fill_incompressible(&mut kv, &format!("round{round}/"), 500, 16).await;
         let from = c.members[lagger].log().len();
         c.members[lagger].start();
         let deadline = Instant::now() + WAIT * 2;

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use etcd_client::{CompactionOptions, GetOptions, Txn, TxnOp};
 
-use crate::harness::{Cluster, Kind};
+use crate::harness::{
+    count, fill_incompressible, wait_same_hashkv, wait_until, Cluster, Kind, WAIT,
+};
 
 /// Keys rewritten per transaction (etcd's default `--max-txn-ops` is 128).
 const KEYS: usize = 128;
@@ -134,7 +136,7 @@ async fn too_many_requests_under_an_apply_backlog_and_writes_resume_after() {
     );
     // The backlog drains once the load stops: the member takes writes again.
     let mut kv = kv;
-    crate::harness::wait_until("writes to be accepted again", crate::harness::WAIT, || {
+    wait_until("writes to be accepted again", WAIT, || {
         let mut kv = kv.clone();
         async move { kv.put("after", "v", None).await.is_ok() }
     })
@@ -151,42 +153,12 @@ async fn a_lagging_member_catches_up_through_appends_split_below_the_message_lim
     assert!(c.members[lagger].stop().await, "clean exit on SIGTERM");
     let mut kv = c.members[leader].client().await;
     // 48 entries of 1 MiB that do not compress: three times the 16 MiB an append may carry.
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    for i in 0..48 {
-        let v: Vec<u8> = (0..(1 << 20))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        kv.put(format!("big/{i:02}"), v, None).await.expect("put");
-    }
+    fill_incompressible(&mut kv, "big/", 48, 1 << 20).await;
     c.members[lagger].start();
-    crate::harness::wait_until(
-        "the lagging member to hold every key",
-        crate::harness::WAIT * 2,
-        || {
-            let m = &c.members[lagger];
-            async move {
-                let Ok(mut kv) = etcd_client::Client::connect([m.endpoint()], None).await else {
-                    return false;
-                };
-                kv.get(
-                    "big/",
-                    Some(
-                        GetOptions::new()
-                            .with_prefix()
-                            .with_count_only()
-                            .with_serializable(),
-                    ),
-                )
-                .await
-                .is_ok_and(|g| g.count() == 48)
-            }
-        },
-    )
+    wait_until("the lagging member to hold every key", WAIT * 2, || {
+        let m = &c.members[lagger];
+        async move { count(m, "big/").await == 48 }
+    })
     .await;
     let log = c.members[leader].log();
     let line = log
@@ -205,32 +177,5 @@ async fn a_lagging_member_catches_up_through_appends_split_below_the_message_lim
         "the member caught up from the log, not a snapshot"
     );
     // Same data everywhere.
-    let mut hashes = Vec::new();
-    for m in &c.members {
-        let rev = kv
-            .get("big/47", None)
-            .await
-            .expect("get")
-            .header()
-            .map(|h| h.revision())
-            .unwrap_or(0);
-        let mut mc = m.client().await;
-        crate::harness::wait_until(
-            "the member to apply everything",
-            crate::harness::WAIT,
-            || {
-                let mut mc = mc.clone();
-                async move {
-                    mc.get("big/47", Some(GetOptions::new().with_serializable()))
-                        .await
-                        .ok()
-                        .and_then(|g| g.header().map(|h| h.revision()))
-                        >= Some(rev)
-                }
-            },
-        )
-        .await;
-        hashes.push(mc.hash_kv(rev).await.expect("hashkv").hash());
-    }
-    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    wait_same_hashkv(&c).await;
 }
