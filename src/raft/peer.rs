@@ -16,7 +16,7 @@ use openraft::error::{
     Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
     Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
@@ -76,6 +76,8 @@ const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
 pub struct Peers {
     conns: Mutex<HashMap<u64, (String, PeerClient<Channel>)>>,
     last_ok: Mutex<HashMap<u64, Instant>>,
+    /// Since when each peer has been unreachable (cleared by a successful reply).
+    unreachable_since: Mutex<HashMap<u64, Instant>>,
     max_message: usize,
     removed: tokio::sync::watch::Sender<bool>,
     cluster_id: u64,
@@ -106,6 +108,7 @@ impl Peers {
         Arc::new(Peers {
             conns: Mutex::new(HashMap::new()),
             last_ok: Mutex::new(HashMap::new()),
+            unreachable_since: Mutex::new(HashMap::new()),
             max_message,
             removed: tokio::sync::watch::Sender::new(false),
             cluster_id,
@@ -167,6 +170,25 @@ impl Peers {
     /// Records a successful reply from `id`.
     pub fn mark_ok(&self, id: u64) {
         self.last_ok.lock().insert(id, Instant::now());
+        self.unreachable_since.lock().remove(&id);
+    }
+
+    /// Records that `id` could not be reached (kept from the first failure on).
+    fn mark_unreachable(&self, id: u64) {
+        self.unreachable_since
+            .lock()
+            .entry(id)
+            .or_insert_with(Instant::now);
+    }
+
+    /// How long to wait before calling `id` again after it could not be reached: briefly while
+    /// it has been down for a short time (a restart), longer once it stays down.
+    fn retry_wait(&self, id: u64) -> Duration {
+        let since = self.unreachable_since.lock().get(&id).copied();
+        match since {
+            Some(t) if t.elapsed() >= BACKOFF_FAST_FOR => BACKOFF_SLOW,
+            _ => BACKOFF_FAST,
+        }
     }
 
     /// When `id` last replied successfully.
@@ -194,6 +216,7 @@ impl Peers {
             Err(_) => {
                 // Like etcd's broken peer stream: a peer that cannot be reached is not active.
                 self.last_ok.lock().remove(&id);
+                self.mark_unreachable(id);
                 metrics.peer_sent_failures.with_label_values(&[&to]).inc();
                 Err(PeerError::Timeout(id))
             }
@@ -201,6 +224,7 @@ impl Peers {
                 metrics.peer_sent_failures.with_label_values(&[&to]).inc();
                 if status.code() == tonic::Code::Unavailable {
                     self.last_ok.lock().remove(&id);
+                    self.mark_unreachable(id);
                 }
                 if status.code() == tonic::Code::FailedPrecondition
                     && status.message() == REMOVED_MEMBER
@@ -374,7 +398,20 @@ fn produce_chunks(
     Ok(total)
 }
 
+/// The wait between calls to a peer unreachable for less than [`BACKOFF_FAST_FOR`].
+const BACKOFF_FAST: Duration = Duration::from_millis(50);
+/// How long a peer is called again quickly (long enough for a member to restart).
+const BACKOFF_FAST_FOR: Duration = Duration::from_secs(5);
+/// The wait between calls to a peer that has stayed unreachable longer.
+const BACKOFF_SLOW: Duration = Duration::from_millis(250);
+
 impl RaftNetwork<TypeConfig> for PeerConn {
+    /// Waits between calls to an unreachable peer: 50 ms for its first 5 s down (a member that
+    /// restarts is reached at once), then 250 ms. openraft asks again after each failure.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.peers.retry_wait(self.target)))
+    }
+
     /// Sends entries to the peer. A message of several entries over [`APPEND_LIMIT`] (or the
     /// peer message limit) is not sent: openraft is told it is too large, with how many entries
     /// fit, and sends them in smaller pieces. A single entry always goes.
@@ -442,7 +479,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         if let Ok(v) = format!("{:x}", self.peers.cluster_id).parse() {
             req.metadata_mut().insert(CLUSTER_ID_HEADER, v);
         }
-        tracing::info!(
+        tracing::debug!(
             to = %peer,
             snapshot_id = %snapshot.meta.snapshot_id,
             "sending snapshot"
@@ -475,13 +512,16 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             }
             r = call => r,
         };
-        let sent = match producer.await {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
+        // A failed call is judged by its status, not by the producer (which then only saw its
+        // stream close): an unreachable peer makes openraft back off instead of resending at once.
+        let sent = match (&reply, producer.await) {
+            (_, Ok(Ok(n))) => n,
+            (Err(_), _) => 0,
+            (Ok(_), Ok(Err(e))) => {
                 tracing::warn!(to = %peer, error = %e, "snapshot stream failed");
                 return Err(StreamingError::Network(NetworkError::new(&e)));
             }
-            Err(e) => return Err(StreamingError::Network(NetworkError::new(&e))),
+            (Ok(_), Err(e)) => return Err(StreamingError::Network(NetworkError::new(&e))),
         };
         let metrics = crate::metrics::get();
         metrics
@@ -491,6 +531,13 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         let reply = match reply {
             Ok(r) => r.into_inner(),
             Err(status) => {
+                if status.code() == tonic::Code::Unavailable {
+                    // Down or restarting: openraft calls again after the backoff.
+                    self.peers.mark_unreachable(self.target);
+                    tracing::debug!(to = %peer, status = %status.message(), "snapshot stream failed");
+                } else {
+                    tracing::warn!(to = %peer, status = %status.message(), "snapshot stream failed");
+                }
                 metrics.peer_sent_failures.with_label_values(&[&peer]).inc();
                 if status.code() == tonic::Code::FailedPrecondition
                     && status.message() == REMOVED_MEMBER
