@@ -381,6 +381,12 @@ async fn run(
     let metrics_listeners = oxcd::server::bind(&settings.listen_metrics).await?;
     let pod_opts = pod.map(|p| pod_client_options(&settings, p));
     let node = Node::start(settings).await?;
+    if node.settings.initial_corrupt_check {
+        if let Err(e) = oxcd::node::corrupt::check_initial(&node).await {
+            node.shutdown().await;
+            return Err(e.into());
+        }
+    }
     let controller = start_controller(&node, pod, pod_opts.as_ref());
     if let (Some(pod), Some(opts)) = (pod.cloned(), pod_opts) {
         // Without a controller, a member that joined as a learner asks for its promotion once it

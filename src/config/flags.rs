@@ -104,6 +104,7 @@ settings_flags! {
     max_apply_backlog => "max-apply-backlog", "oxcd: refuse new proposals with 'etcdserver: too many requests' while more than this many committed raft entries wait to be applied (default 5000, etcd's fixed gap).";
     experimental_compaction_batch_limit => "experimental-compaction-batch-limit", "Most stored revisions a compaction deletes in one write; 0 deletes them all in one (default 1000).";
     experimental_corrupt_check_time => "experimental-corrupt-check-time", "How often the leader compares every member's key-value hash and raises CORRUPT on a mismatch (default 0s: never).";
+    experimental_initial_corrupt_check => "experimental-initial-corrupt-check", "Before serving clients, compare this member's key-value hash with every peer's and refuse to start on a mismatch (default false).", bare = "true";
     experimental_enable_lease_checkpoint_persist => "experimental-enable-lease-checkpoint-persist", "Accepted for etcd compatibility (requires --experimental-enable-lease-checkpoint); checkpoints are always persisted (default false).", bare = "true";
 }
 

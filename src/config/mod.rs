@@ -203,6 +203,9 @@ pub struct Config {
     /// How often the leader checks members' hashes for corruption (a Go duration; 0 disables).
     #[serde(deserialize_with = "de::string")]
     pub experimental_corrupt_check_time: String,
+    /// Whether a starting member compares its hash with its peers' before serving.
+    #[serde(deserialize_with = "de::boolean")]
+    pub experimental_initial_corrupt_check: bool,
     /// Most stored revisions a compaction deletes per write (0: all in one).
     #[serde(deserialize_with = "de::u64")]
     pub experimental_compaction_batch_limit: u64,
@@ -269,6 +272,7 @@ impl Default for Config {
             experimental_enable_lease_checkpoint: false,
             experimental_lease_checkpoint_interval: "5m".to_string(),
             experimental_corrupt_check_time: "0s".to_string(),
+            experimental_initial_corrupt_check: false,
             // etcd's default, as mvcc::purge::DEFAULT_BATCH_LIMIT (config may not use mvcc).
             experimental_compaction_batch_limit: 1000,
             max_apply_backlog: 5000,
@@ -372,6 +376,8 @@ pub struct Settings {
     pub lease_checkpoint_interval: Option<Duration>,
     /// How often the leader runs the corruption check; `None` when it does not.
     pub corrupt_check_interval: Option<Duration>,
+    /// Compare this member's hash with its peers' before serving clients.
+    pub initial_corrupt_check: bool,
     /// Most stored revisions a compaction deletes per write.
     pub compaction_batch_limit: usize,
     /// Committed but unapplied raft entries above which proposals are refused.
@@ -683,6 +689,7 @@ impl Config {
         Ok(Settings {
             corrupt_check_interval: (!corrupt_check_interval.is_zero())
                 .then_some(corrupt_check_interval),
+            initial_corrupt_check: self.experimental_initial_corrupt_check,
             max_apply_backlog: self.max_apply_backlog,
             compaction_batch_limit: match self.experimental_compaction_batch_limit {
                 0 => usize::MAX,

@@ -377,6 +377,94 @@ async fn writes_past_the_quota_raise_nospace_until_compact_defrag_and_disarm() {
     assert!(status[0]["Status"]["dbSize"].as_i64().unwrap_or(0) < 1048576);
 }
 
+/// Flips one byte of the value holding `AAAAAAAAAAAAAAAA` in a stopped member's own storage,
+/// behind raft's back.
+fn flip_canary_byte(data_dir: &std::path::Path) {
+    use oxcd::storage::{Batch, Cf, Storage};
+    let db = oxcd::node::db_path(data_dir);
+    let storage = Storage::open(&db).expect("open the follower's storage");
+    let mut rows = Vec::new();
+    storage
+        .scan(Cf::Kv, &[], None, |k, v| {
+            rows.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })
+        .expect("scan");
+    let needle = b"AAAAAAAAAAAAAAAA";
+    let (k, mut v) = rows
+        .into_iter()
+        .find(|(_, v)| v.windows(needle.len()).any(|w| w == needle))
+        .expect("the canary's row");
+    let at = v
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("position");
+    v[at + 8] = b'B';
+    let mut b = Batch::new();
+    b.put(Cf::Kv, k, v);
+    storage.write(b, true).expect("write");
+}
+
+#[tokio::test]
+async fn with_the_initial_check_a_member_whose_data_differs_refuses_to_start() {
+    let mut c = Cluster::start_with(Kind::Oxcd, 3, &[]).await;
+    let eps = c.endpoints();
+    assert!(etcdctl(&eps, &["put", "canary", "AAAAAAAAAAAAAAAA"]).ok);
+    assert!(etcdctl(&eps, &["put", "last", "v"]).ok);
+    let leader = c.wait_leader().await;
+    let (f, g) = ((leader + 1) % 3, (leader + 2) % 3);
+    for m in [f, g] {
+        wait_until("the follower to apply every write", WAIT, || {
+            let ep = c.members[m].endpoint();
+            async move {
+                etcdctl(
+                    &ep,
+                    &["get", "last", "--consistency=s", "--print-value-only"],
+                )
+                .stdout
+                    == "v\n"
+            }
+        })
+        .await;
+    }
+    assert!(c.members[f].stop().await, "the follower stops cleanly");
+    flip_canary_byte(&c.members[f].spec.data_dir);
+    let check = "--experimental-initial-corrupt-check".to_string();
+    c.members[f].spec.extra.push(check.clone());
+    c.members[f].start();
+    let exit = c.members[f].wait_exit(WAIT).await;
+    let log = c.members[f].log();
+    assert_eq!(exit, Some(false), "the member must refuse to start:\n{log}");
+    assert!(
+        log.contains("found data inconsistency with peers"),
+        "etcd's reason in the log:\n{log}"
+    );
+    assert!(
+        log.contains("found different hash values from remote peer"),
+        "{log}"
+    );
+    // A member whose data is intact passes the same check and serves.
+    assert!(
+        c.members[g].stop().await,
+        "the other follower stops cleanly"
+    );
+    c.members[g].spec.extra.push(check);
+    c.members[g].start();
+    c.members[g].wait_serving().await;
+    assert!(
+        c.members[g]
+            .log()
+            .contains("initial corruption checking passed; no corruption"),
+        "{}",
+        c.members[g].log()
+    );
+    let out = etcdctl(
+        &c.members[g].endpoint(),
+        &["get", "canary", "--print-value-only"],
+    );
+    assert_eq!(out.stdout, "AAAAAAAAAAAAAAAA\n", "{out:?}");
+}
+
 #[tokio::test]
 async fn a_member_whose_data_differs_is_flagged_corrupt_by_the_leader() {
     let mut c =
@@ -405,33 +493,7 @@ async fn a_member_whose_data_differs_is_flagged_corrupt_by_the_leader() {
         .as_u64()
         .expect("member id");
     assert!(c.members[f].stop().await, "the follower stops cleanly");
-
-    // Flip one byte of the canary's value in the follower's own storage, behind raft's back.
-    {
-        use oxcd::storage::{Batch, Cf, Storage};
-        let db = oxcd::node::db_path(&c.members[f].spec.data_dir);
-        let storage = Storage::open(&db).expect("open the follower's storage");
-        let mut rows = Vec::new();
-        storage
-            .scan(Cf::Kv, &[], None, |k, v| {
-                rows.push((k.to_vec(), v.to_vec()));
-                Ok(true)
-            })
-            .expect("scan");
-        let needle = b"AAAAAAAAAAAAAAAA";
-        let (k, mut v) = rows
-            .into_iter()
-            .find(|(_, v)| v.windows(needle.len()).any(|w| w == needle))
-            .expect("the canary's row");
-        let at = v
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .expect("position");
-        v[at + 8] = b'B';
-        let mut b = Batch::new();
-        b.put(Cf::Kv, k, v);
-        storage.write(b, true).expect("write");
-    }
+    flip_canary_byte(&c.members[f].spec.data_dir);
     c.members[f].start();
     c.members[f].wait_serving().await;
 
