@@ -22,7 +22,14 @@ fn print_version() {
 }
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let (args, arg_notices) = match oxcd::config::translate_args(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("oxcd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let flags = Flags::parse_from(args);
     if flags.version || matches!(flags.command, Some(Command::Version)) {
         print_version();
         return ExitCode::SUCCESS;
@@ -91,6 +98,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     drop(entered);
+    for notice in arg_notices.iter().chain(&settings.notices) {
+        tracing::warn!("{notice}");
+    }
     let result = runtime.block_on(async {
         let r = match &pod {
             Some(pod) => match prepare_pod(pod, config, settings).await {

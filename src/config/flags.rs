@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use clap::Parser;
 
 macro_rules! settings_flags {
+    (@bare $b:literal) => { true };
+    (@bare) => { false };
     ($( $field:ident => $name:literal, $help:literal $(, bare = $bare:literal)?; )*) => {
         /// oxcd's command line.
         #[derive(Parser, Debug, Default, Clone)]
@@ -39,6 +41,9 @@ macro_rules! settings_flags {
 
         /// Every setting a flag, env var or config key can carry, by its etcd name.
         pub const SETTINGS: &[&str] = &[$($name),*];
+
+        /// Each setting's name and whether it is a boolean that may be given bare.
+        const BOOLEAN: &[(&str, bool)] = &[$(($name, settings_flags!(@bare $($bare)?))),*];
 
         impl Flags {
             /// The settings given on the command line, by etcd name.
@@ -104,6 +109,7 @@ settings_flags! {
     max_apply_backlog => "max-apply-backlog", "oxcd: refuse new proposals with 'etcdserver: too many requests' while more than this many committed raft entries wait to be applied (default 5000, etcd's fixed gap).";
     experimental_compaction_batch_limit => "experimental-compaction-batch-limit", "Most stored revisions a compaction deletes in one write; 0 deletes them all in one (default 1000).";
     experimental_corrupt_check_time => "experimental-corrupt-check-time", "How often the leader compares every member's key-value hash and raises CORRUPT on a mismatch (default 0s: never).";
+    feature_gates => "feature-gates", "etcd 3.6's feature gates, Name=true,...: InitialCorruptCheck and LeaseCheckpoint turn on what their experimental flags do; LeaseCheckpointPersist and TxnModeWriteWithSharedBuffer are accepted; others are refused when on (default none).";
     experimental_initial_corrupt_check => "experimental-initial-corrupt-check", "Before serving clients, compare this member's key-value hash with every peer's and refuse to start on a mismatch (default false).", bare = "true";
     experimental_enable_lease_checkpoint_persist => "experimental-enable-lease-checkpoint-persist", "Accepted for etcd compatibility (requires --experimental-enable-lease-checkpoint); checkpoints are always persisted (default false).", bare = "true";
 }
@@ -214,4 +220,96 @@ pub enum SnapshotCommand {
         #[arg(short = 'w', long = "write-out", default_value = "simple")]
         write_out: String,
     },
+}
+
+/// Rewrites a command line before it is parsed: etcd's names that are not oxcd settings of their
+/// own ([`super::etcd_names`]) become the oxcd setting they alias, or are dropped when they ask
+/// for what oxcd does anyway (or tune something oxcd does not have), or are refused by name.
+/// Returns the arguments to parse and the warnings to log once logging is up. Only the part
+/// before a subcommand is looked at.
+pub fn translate_args(
+    args: Vec<std::ffi::OsString>,
+) -> Result<(Vec<std::ffi::OsString>, Vec<String>), String> {
+    use super::etcd_names::{both_names_error, find, resolve, Handling, Outcome};
+    let mut out = Vec::with_capacity(args.len());
+    let mut notices = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    let mut it = args.into_iter();
+    if let Some(program) = it.next() {
+        out.push(program);
+    }
+    let mut rest_verbatim = false;
+    while let Some(arg) = it.next() {
+        let text = match arg.to_str() {
+            Some(t) if !rest_verbatim => t.to_string(),
+            _ => {
+                out.push(arg);
+                continue;
+            }
+        };
+        let Some(body) = text.strip_prefix("--") else {
+            // A subcommand or a value: everything after a subcommand is its own.
+            if !text.starts_with('-') && !out.last().is_some_and(takes_value) {
+                rest_verbatim = true;
+            }
+            out.push(arg);
+            continue;
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (body.to_string(), None),
+        };
+        if let Some(other) = seen.iter().find(|s| same_setting(s, &name)) {
+            return Err(both_names_error(other, &name));
+        }
+        seen.push(name.clone());
+        let Some(etcd) = find(&name) else {
+            out.push(arg);
+            continue;
+        };
+        if let Handling::Alias(to) = etcd.handling {
+            out.push(match inline {
+                Some(v) => format!("--{to}={v}").into(),
+                None => format!("--{to}").into(),
+            });
+            continue;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None if etcd.boolean => "true".to_string(),
+            None => match it.next() {
+                Some(v) => v.to_string_lossy().into_owned(),
+                None => return Err(format!("flag needs an argument: --{name}")),
+            },
+        };
+        match resolve(&format!("--{name}"), etcd, &value)? {
+            Outcome::Use(_) => {}
+            Outcome::Drop(notice) => notices.extend(notice),
+        }
+    }
+    Ok((out, notices))
+}
+
+/// Whether `a` and `b` are two names of one setting (an alias and its target).
+fn same_setting(a: &str, b: &str) -> bool {
+    use super::etcd_names::{find, Handling};
+    let target = |n: &str| match find(n).map(|e| e.handling) {
+        Some(Handling::Alias(to)) => to.to_string(),
+        _ => n.to_string(),
+    };
+    a != b && target(a) == target(b)
+}
+
+/// Whether the previous argument `prev` is a flag that takes the next one as its value.
+fn takes_value(prev: &std::ffi::OsString) -> bool {
+    let Some(p) = prev.to_str().and_then(|p| p.strip_prefix("--")) else {
+        return false;
+    };
+    if p.contains('=') {
+        return false;
+    }
+    if let Some(e) = super::etcd_names::find(p) {
+        return !e.boolean;
+    }
+    p == "config-file" || BOOLEAN.iter().any(|(n, bare)| *n == p && !bare)
 }

@@ -6,6 +6,7 @@
 //! (except the data directory, `<name>.oxcd` where etcd uses `<name>.etcd`).
 
 mod de;
+pub mod etcd_names;
 mod flags;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -16,7 +17,9 @@ use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-pub use flags::{ClientFlags, Command, EndpointCommand, Flags, SnapshotCommand};
+pub use flags::{
+    translate_args, ClientFlags, Command, EndpointCommand, Flags, SnapshotCommand, SETTINGS,
+};
 
 /// A configuration error; the process prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +209,12 @@ pub struct Config {
     /// Whether a starting member compares its hash with its peers' before serving.
     #[serde(deserialize_with = "de::boolean")]
     pub experimental_initial_corrupt_check: bool,
+    /// etcd 3.6's feature gates, `Name=bool,...`.
+    #[serde(deserialize_with = "de::string")]
+    pub feature_gates: String,
+    /// Warnings to log once logging is up (etcd names accepted without effect).
+    #[serde(skip)]
+    pub notices: Vec<String>,
     /// Most stored revisions a compaction deletes per write (0: all in one).
     #[serde(deserialize_with = "de::u64")]
     pub experimental_compaction_batch_limit: u64,
@@ -273,6 +282,8 @@ impl Default for Config {
             experimental_lease_checkpoint_interval: "5m".to_string(),
             experimental_corrupt_check_time: "0s".to_string(),
             experimental_initial_corrupt_check: false,
+            feature_gates: String::new(),
+            notices: Vec::new(),
             // etcd's default, as mvcc::purge::DEFAULT_BATCH_LIMIT (config may not use mvcc).
             experimental_compaction_batch_limit: 1000,
             max_apply_backlog: 5000,
@@ -378,6 +389,8 @@ pub struct Settings {
     pub corrupt_check_interval: Option<Duration>,
     /// Compare this member's hash with its peers' before serving clients.
     pub initial_corrupt_check: bool,
+    /// Warnings to log once logging is up (etcd names accepted without effect).
+    pub notices: Vec<String>,
     /// Most stored revisions a compaction deletes per write.
     pub compaction_batch_limit: usize,
     /// Committed but unapplied raft entries above which proposals are refused.
@@ -410,23 +423,36 @@ impl Config {
         let mut fig = Figment::new()
             .merge(Serialized::defaults(Config::default()))
             .merge(Serialized::defaults(platform));
+        let mut notices = Vec::new();
         if let Some(path) = flags.config_file.clone().or(env_file) {
             if !path.is_file() {
                 return Err(ConfigError::MissingFile(path));
             }
+            let (other_names, found) =
+                etcd_names::translate_file(&path, flags::SETTINGS).map_err(ConfigError::Load)?;
+            notices.extend(found);
             fig = fig.merge(Yaml::file(path));
+            fig = fig.merge(Serialized::defaults(other_names));
         }
+        notices.extend(
+            etcd_names::check_env(std::env::vars(), flags::SETTINGS).map_err(ConfigError::Load)?,
+        );
         let known: Vec<String> = flags::SETTINGS.iter().map(|s| s.to_string()).collect();
         for prefix in ["ETCD_", "OXCD_"] {
             let known = known.clone();
             fig = fig.merge(
                 Env::prefixed(prefix)
-                    .map(|k| k.as_str().replace('_', "-").into())
+                    .map(|k| {
+                        let name = k.as_str().replace('_', "-");
+                        etcd_names::alias_target(&name).to_string().into()
+                    })
                     .filter(move |k| known.iter().any(|n| n.eq_ignore_ascii_case(k.as_str()))),
             );
         }
         fig = fig.merge(Serialized::defaults(flags.settings_map()));
-        fig.extract::<Config>().map_err(load_error)
+        let mut config = fig.extract::<Config>().map_err(load_error)?;
+        config.notices = notices;
+        Ok(config)
     }
 
     /// Checks every value and resolves defaults that depend on others.
@@ -630,6 +656,8 @@ impl Config {
                     "expected a positive duration such as 10m or 500ms",
                 )
             })?;
+        let gates = etcd_names::feature_gates(&self.feature_gates)
+            .map_err(|why| invalid("feature-gates", &self.feature_gates, why))?;
         let auth_jwt = parse_auth_token(&self.auth_token)
             .map_err(|why| invalid("auth-token", &self.auth_token, why))?;
         if self.auth_token_ttl == 0 {
@@ -689,7 +717,9 @@ impl Config {
         Ok(Settings {
             corrupt_check_interval: (!corrupt_check_interval.is_zero())
                 .then_some(corrupt_check_interval),
-            initial_corrupt_check: self.experimental_initial_corrupt_check,
+            initial_corrupt_check: self.experimental_initial_corrupt_check
+                || gates.initial_corrupt_check,
+            notices: self.notices.clone(),
             max_apply_backlog: self.max_apply_backlog,
             compaction_batch_limit: match self.experimental_compaction_batch_limit {
                 0 => usize::MAX,
@@ -731,8 +761,8 @@ impl Config {
             max_learners: self.max_learners as usize,
             strict_reconfig_check: self.strict_reconfig_check,
             watch_progress_notify_interval,
-            lease_checkpoint_interval: self
-                .experimental_enable_lease_checkpoint
+            lease_checkpoint_interval: (self.experimental_enable_lease_checkpoint
+                || gates.lease_checkpoint)
                 .then_some(lease_checkpoint_interval),
             bcrypt_cost: self.bcrypt_cost as u32,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),

@@ -50,6 +50,14 @@ fn bad_flags_exit_nonzero_without_touching_the_data_dir() {
             &["--config-file=/nonexistent/oxcd.yml"],
             "/nonexistent/oxcd.yml",
         ),
+        (
+            &["--cors=https://a.example"],
+            "--cors=\"https://a.example\" is not supported by oxcd",
+        ),
+        (
+            &["--force-new-cluster"],
+            "--force-new-cluster=\"true\" is not supported by oxcd",
+        ),
     ];
     for (args, mention) in cases {
         let out = run_in(dir.path(), args);
@@ -73,6 +81,150 @@ fn bad_flags_exit_nonzero_without_touching_the_data_dir() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ETCD_MAX_REQUEST_BYTES"));
     assert!(!dir.path().join("default.oxcd").exists());
+    let out = Command::new(oxcd_bin())
+        .current_dir(dir.path())
+        .env("ETCD_ENABLE_PPROF", "true")
+        .output()
+        .expect("run oxcd");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("ETCD_ENABLE_PPROF=\"true\" is not supported by oxcd"));
+    assert!(!dir.path().join("default.oxcd").exists());
+}
+
+/// etcd 3.6's names that etcd 3.5.1's help text does not list.
+const ETCD_36_NAMES: &[&str] = &[
+    "bootstrap-defrag-threshold-megabytes",
+    "compact-hash-check-time",
+    "compaction-batch-limit",
+    "compaction-sleep-interval",
+    "corrupt-check-time",
+    "discovery-cacert",
+    "discovery-cert",
+    "discovery-dial-timeout",
+    "discovery-endpoints",
+    "discovery-insecure-skip-tls-verify",
+    "discovery-insecure-transport",
+    "discovery-keepalive-time",
+    "discovery-keepalive-timeout",
+    "discovery-key",
+    "discovery-password",
+    "discovery-request-timeout",
+    "discovery-token",
+    "discovery-user",
+    "distributed-tracing-address",
+    "distributed-tracing-instance-id",
+    "distributed-tracing-sampling-rate",
+    "distributed-tracing-service-name",
+    "downgrade-check-time",
+    "enable-distributed-tracing",
+    "experimental-warning-unary-request-duration",
+    "feature-gates",
+    "log-format",
+    "max-learners",
+    "memory-mlock",
+    "peer-skip-client-san-verification",
+    "snapshot-catchup-entries",
+    "warning-apply-duration",
+    "warning-unary-request-duration",
+    "watch-progress-notify-interval",
+    // Registered by etcd 3.5 but hidden from its help, and later 3.5 releases' additions.
+    "client-cert-file",
+    "client-key-file",
+    "peer-client-cert-file",
+    "peer-client-key-file",
+    "raft-read-timeout",
+    "raft-write-timeout",
+    "enable-grpc-gateway",
+    "experimental-downgrade-check-time",
+    "experimental-memory-mlock",
+    "experimental-enable-lease-checkpoint-persist",
+    "experimental-compact-hash-check-enabled",
+    "experimental-compact-hash-check-time",
+    "max-concurrent-streams",
+    "listen-client-http-urls",
+    "tls-min-version",
+    "tls-max-version",
+    "experimental-distributed-tracing-sampling-rate",
+    "experimental-snapshot-catchup-entries",
+    "experimental-stop-grpc-service-on-defrag",
+    "experimental-compaction-sleep-interval",
+];
+
+/// Every flag name of the real etcd 3.5.1's help text and of etcd 3.6, as a flag, an `ETCD_*`
+/// variable and a config-file key, is either taken (an oxcd setting, an alias, or accepted for
+/// what oxcd does anyway) or refused by its own name, never as an unknown flag.
+#[test]
+fn every_etcd_flag_name_is_taken_or_refused_by_name() {
+    use oxcd::config::etcd_names::{check_env, find, translate_file};
+    use clap::Parser;
+    use oxcd::config::{translate_args, Flags, SETTINGS};
+    let out = Command::new(crate::harness::etcd_bin())
+        .arg("--help")
+        .output()
+        .expect("run etcd --help");
+    let help = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names = std::collections::BTreeSet::new();
+    for line in help.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("--") else {
+            continue;
+        };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        if !name.is_empty() {
+            names.insert(name);
+        }
+    }
+    assert!(names.len() >= 85, "too few names in etcd's help: {names:?}");
+    names.extend(ETCD_36_NAMES.iter().map(|n| n.to_string()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let probe = "probe-value";
+    for name in names
+        .iter()
+        .filter(|n| !["version", "help", "config-file"].contains(&n.as_str()))
+    {
+        let known = SETTINGS.contains(&name.as_str()) || find(name).is_some();
+        assert!(
+            known,
+            "--{name} is neither an oxcd setting nor handled by name"
+        );
+        let refused = |e: &str, place: &str| {
+            assert!(
+                e.starts_with(&format!("{place}=")) && e.contains("is not supported by oxcd"),
+                "{place}: {e}"
+            );
+        };
+        // As a flag.
+        match translate_args(vec!["oxcd".into(), format!("--{name}={probe}").into()]) {
+            Ok((args, _)) => {
+                if let Err(e) = Flags::try_parse_from(args) {
+                    panic!("--{name} is not accepted: {e}");
+                }
+            }
+            Err(e) => refused(&e, &format!("--{name}")),
+        }
+        // As an environment variable.
+        let var = format!("ETCD_{}", name.to_ascii_uppercase().replace('-', "_"));
+        match check_env(std::iter::once((var.clone(), probe.to_string())), SETTINGS) {
+            Ok(notices) => assert!(
+                notices.iter().all(|n| !n.starts_with("unrecognized")),
+                "{var}: {notices:?}"
+            ),
+            Err(e) => refused(&e, &var),
+        }
+        // As a config-file key.
+        let file = dir.path().join("etcd.yml");
+        std::fs::write(&file, format!("{name}: {probe}\n")).expect("write");
+        if let Err(e) = translate_file(&file, SETTINGS) {
+            refused(&e, &format!("{name} in {}", file.display()));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
