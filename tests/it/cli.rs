@@ -156,8 +156,8 @@ const ETCD_36_NAMES: &[&str] = &[
 /// what oxcd does anyway) or refused by its own name, never as an unknown flag.
 #[test]
 fn every_etcd_flag_name_is_taken_or_refused_by_name() {
-    use oxcd::config::etcd_names::{check_env, find, translate_file};
     use clap::Parser;
+    use oxcd::config::etcd_names::{check_env, find, translate_file};
     use oxcd::config::{translate_args, Flags, SETTINGS};
     let out = Command::new(crate::harness::etcd_bin())
         .arg("--help")
