@@ -212,18 +212,41 @@ impl Ctx<'_> {
                     if learners >= self.max_learners {
                         return Err(MembershipError::TooManyLearners);
                     }
-                } else {
+                }
+                // etcd's exception: a voter may join a one-member cluster (how a cluster restored
+                // from a backup grows back), though writes then wait for it to start.
+                let voters = current.iter().filter(|m| !m.is_learner).count() + 1;
+                let started = self.started_active_voters(&current, None);
+                let to_one_member = voters == 2 && started >= 1;
+                if !learner && !to_one_member && started < voters / 2 + 1 {
                     // The new voter is not started: the others must still make a quorum.
-                    let voters = current.iter().filter(|m| !m.is_learner).count() + 1;
-                    if self.started_active_voters(&current, None) < voters / 2 + 1 {
-                        return Err(MembershipError::NotEnoughStarted);
-                    }
+                    return Err(MembershipError::NotEnoughStarted);
                 }
                 self.raft
                     .add_learner(id, node.clone(), false)
                     .await
                     .map_err(|e| map_write_err(e, self.self_id))?;
-                if !learner {
+                if !learner && voters == 2 {
+                    // The new configuration needs the new member, which has not started: the
+                    // change commits once it has, so answer as soon as it is in the membership.
+                    let raft = self.raft.clone();
+                    tokio::spawn(async move {
+                        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+                        if let Err(e) = raft.change_membership(change, false).await {
+                            tracing::warn!(member = %format!("{id:x}"), error = %e, "adding a voter failed");
+                        }
+                    });
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                    while !members(self.raft)
+                        .iter()
+                        .any(|m| m.id == id && !m.is_learner)
+                    {
+                        if tokio::time::Instant::now() > deadline {
+                            return Err(MembershipError::Propose(ProposeError::Timeout));
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                } else if !learner {
                     self.raft
                         .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                         .await
