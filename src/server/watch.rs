@@ -433,30 +433,48 @@ impl WatchStreamTask {
             .map(|w| w.id)
             .collect();
         for id in ids {
-            self.deliver_to(id, r, r.revision).await?;
+            self.deliver_to(id, std::slice::from_ref(r), r.revision)
+                .await?;
         }
         Ok(())
     }
 
-    /// Sends `r`'s events that watcher `id` wants, in one response (or fragments) whose header
-    /// carries `header_rev`: the event's revision when live, the store's revision when catching
-    /// up, as etcd reports them.
-    async fn deliver_to(&mut self, id: i64, r: &RevEvents, header_rev: i64) -> Result<(), Gone> {
+    /// Sends the events of `revs` (in revision order) that watcher `id` wants, in one response
+    /// (or fragments) whose header carries `header_rev`: one revision's events with the event's
+    /// revision when live; up to a history batch of revisions with the store's revision when
+    /// catching up, as etcd sends them.
+    async fn deliver_to(
+        &mut self,
+        id: i64,
+        revs: &[RevEvents],
+        header_rev: i64,
+    ) -> Result<(), Gone> {
         let Some(w) = self.watchers.get(&id) else {
             return Ok(());
         };
-        let mut events: Vec<Event> = r.events.iter().filter(|e| w.wants(e)).cloned().collect();
+        let Some(last) = revs.last() else {
+            return Ok(());
+        };
+        let mut events: Vec<(i64, Event)> = revs
+            .iter()
+            .flat_map(|r| {
+                r.events
+                    .iter()
+                    .filter(|e| w.wants(e))
+                    .map(move |e| (r.revision, e.clone()))
+            })
+            .collect();
         let (prev_kv, fragment) = (w.prev_kv, w.fragment);
         if let Some(w) = self.watchers.get_mut(&id) {
-            w.next = r.revision + 1;
+            w.next = w.next.max(last.revision + 1);
         }
         if events.is_empty() {
             return Ok(());
         }
         if prev_kv {
-            for ev in &mut events {
+            for (revision, ev) in &mut events {
                 let Some(kv) = ev.kv.as_ref() else { continue };
-                match self.node.mvcc.get_at(&kv.key, r.revision - 1) {
+                match self.node.mvcc.get_at(&kv.key, *revision - 1) {
                     Ok(prev) => ev.prev_kv = prev,
                     Err(e) => {
                         tracing::error!(error = %e, "reading prev_kv for a watch event");
@@ -472,7 +490,7 @@ impl WatchStreamTask {
         let resp = WatchResponse {
             header: self.header(header_rev),
             watch_id: id,
-            events,
+            events: events.into_iter().map(|(_, e)| e).collect(),
             ..Default::default()
         };
         let limit = self.node.settings.max_request_bytes as usize;
@@ -536,10 +554,10 @@ impl WatchStreamTask {
                     tokio::task::spawn_blocking(move || mvcc.history(from, CATCH_UP_BATCH)).await;
                 match read {
                     Ok(Ok(h)) => {
+                        // etcd sends a batch of history (up to 1000 revisions) in one
+                        // response, headed by the store's revision.
                         let current = self.node.mvcc.current_revision();
-                        for r in &h.revisions {
-                            self.deliver_to(id, r, current).await?;
-                        }
+                        self.deliver_to(id, &h.revisions, current).await?;
                         if let Some(w) = self.watchers.get_mut(&id) {
                             w.next = w.next.max(h.next);
                         }
@@ -551,8 +569,10 @@ impl WatchStreamTask {
                     Ok(Err(ReadError::Mvcc(MvccError::Compacted))) => {
                         self.remove_watcher(id);
                         let compacted = self.node.mvcc.compacted_revision();
+                        // etcd's cancel for a compacted start has a header without a
+                        // revision.
                         self.send(WatchResponse {
-                            header: self.header(self.node.mvcc.current_revision()),
+                            header: self.header(0),
                             watch_id: id,
                             canceled: true,
                             compact_revision: compacted,

@@ -286,10 +286,15 @@ async fn watch_api_through_etcd_client() {
         .watch("a1", Some(WatchOptions::new().with_start_revision(1)))
         .await
         .expect("watch history");
+    // The history comes in one response, as etcd sends it.
     let r = next(&mut s).await;
-    assert_eq!(events(&r), [(EventType::Put, "a1".into(), "v1".into())]);
-    let r = next(&mut s).await;
-    assert_eq!(events(&r), [(EventType::Delete, "a1".into(), "".into())]);
+    assert_eq!(
+        events(&r),
+        [
+            (EventType::Put, "a1".into(), "v1".into()),
+            (EventType::Delete, "a1".into(), "".into())
+        ]
+    );
     kv.compact(cur - 1, None).await.expect("compact");
     let (_w, mut s) = wc
         .watch("a", Some(WatchOptions::new().with_start_revision(2)))
@@ -514,10 +519,23 @@ async fn watch_guarantees_across_leader_kill_and_reconnect() {
                 .collect(),
         );
     }
-    // Atomic: every response holds exactly one revision; two-put txns arrive whole.
-    for r in &truth {
-        assert!(r.iter().all(|e| e.0 == r[0].0), "one revision per response");
-    }
+    // Atomic: a revision's events (a two-put txn) never straddle two responses. History comes
+    // in batches of revisions, as etcd sends it.
+    let atomic = |responses: &[Vec<Seen>]| {
+        responses
+            .windows(2)
+            .all(|w| w[0].last().map(|e| e.0) < w[1].first().map(|e| e.0))
+            && responses
+                .iter()
+                .all(|r| r.windows(2).all(|p| p[0].0 <= p[1].0))
+    };
+    assert!(atomic(&truth), "a revision split or out of order");
+    let want: Vec<Seen> = truth
+        .iter()
+        .flatten()
+        .filter(|e| e.0 <= last)
+        .cloned()
+        .collect();
     let g = fresh
         .get(
             "h/",
@@ -528,19 +546,22 @@ async fn watch_guarantees_across_leader_kill_and_reconnect() {
     assert!(g.count() > 0);
     for (i, log) in logs.iter().enumerate() {
         let log = log.lock();
-        // Ordered and unique: revisions strictly increase across responses.
-        let revs: Vec<i64> = log.iter().map(|r| r[0].0).collect();
+        // Ordered and unique: revisions increase across responses, none split or repeated.
         assert!(
-            revs.windows(2).all(|w| w[0] < w[1]),
-            "recorder {i}: revisions out of order or repeated"
+            atomic(&log),
+            "recorder {i}: revisions out of order, repeated or split"
         );
-        // Resumable and complete: the same responses as the fresh watch, up to `last`.
-        let got: Vec<&Vec<Seen>> = log.iter().filter(|r| r[0].0 <= last).collect();
-        let want: Vec<&Vec<Seen>> = truth.iter().collect();
+        // Resumable and complete: the same events as the fresh watch, up to `last`.
+        let got: Vec<Seen> = log
+            .iter()
+            .flatten()
+            .filter(|e| e.0 <= last)
+            .cloned()
+            .collect();
         assert_eq!(
             got.len(),
             want.len(),
-            "recorder {i}: missing or extra revisions"
+            "recorder {i}: missing or extra events"
         );
         assert!(got == want, "recorder {i}: events differ from the history");
     }
@@ -722,4 +743,83 @@ async fn hasleader_stream_is_cancelled_when_the_leader_is_lost() {
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(status.message(), "etcdserver: no leader");
     drop(tx);
+}
+
+/// What a client sees of watch responses, with IDs and terms left out.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    created: bool,
+    canceled: bool,
+    header_revision: i64,
+    compact_revision: i64,
+    events: Vec<(EventType, String, String)>,
+}
+
+fn observed(r: &WatchResponse) -> Observed {
+    Observed {
+        created: r.created(),
+        canceled: r.canceled(),
+        header_revision: r.header().map(|h| h.revision()).unwrap_or(-1),
+        compact_revision: r.compact_revision(),
+        events: events(r),
+    }
+}
+
+/// A watch from the past gets its history in one response headed by the store's revision, then
+/// each live revision in its own; a watch from a compacted revision is cancelled with the
+/// compact revision and a header without a revision. Side by side with the real etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_responses_are_batched_and_headed_as_etcds() {
+    let etcd = Cluster::start_with(Kind::Etcd, 1, &[]).await;
+    let oxcd = Cluster::start(1).await;
+    let mut runs = Vec::new();
+    for c in [&etcd, &oxcd] {
+        let mut client = c.client().await;
+        for i in 0..5 {
+            client
+                .put(format!("h{i}"), format!("v{i}"), None)
+                .await
+                .expect("put");
+        }
+        client.put("other", "x", None).await.expect("put"); // revision 7
+        let mut out = Vec::new();
+        let (_w, mut s) = client
+            .watch(
+                "h",
+                Some(WatchOptions::new().with_prefix().with_start_revision(2)),
+            )
+            .await
+            .expect("watch");
+        // The crate takes the created response itself; then the history comes at once.
+        out.push(observed(&next(&mut s).await));
+        client.put("h9", "live", None).await.expect("put"); // revision 8
+        out.push(observed(&next(&mut s).await));
+        client.compact(4, None).await.expect("compact");
+        let (_w2, mut s2) = client
+            .watch(
+                "h",
+                Some(WatchOptions::new().with_prefix().with_start_revision(2)),
+            )
+            .await
+            .expect("watch");
+        let first = observed(&next(&mut s2).await);
+        out.push(first);
+        if !out.last().is_some_and(|s| s.canceled) {
+            out.push(observed(&next(&mut s2).await));
+        }
+        runs.push(out);
+    }
+    assert_eq!(
+        runs[1], runs[0],
+        "oxcd's watch responses differ from etcd's"
+    );
+    let o = &runs[1];
+    assert_eq!(o[0].events.len(), 5, "{o:#?}");
+    assert_eq!(o[0].header_revision, 7, "{o:#?}");
+    assert_eq!(o[1].header_revision, 8, "{o:#?}");
+    let cancel = o.last().expect("cancel");
+    assert!(
+        cancel.canceled && cancel.compact_revision == 4 && cancel.header_revision == 0,
+        "{o:#?}"
+    );
 }
