@@ -128,6 +128,26 @@ pub struct ClusterInfo {
     pub members: Vec<MemberInfo>,
 }
 
+/// The longest a proposal waits for a leadership transfer to end.
+const TRANSFER_HOLD_MAX: Duration = Duration::from_secs(10);
+
+/// Releases the proposals held for a leadership transfer when dropped.
+pub struct TransferGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for TransferGuard {
+    fn drop(&mut self) {
+        self.shared.transferring.send_replace(false);
+    }
+}
+
+impl std::fmt::Debug for TransferGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransferGuard").finish_non_exhaustive()
+    }
+}
+
 pub(crate) struct Shared {
     raft: Raft<TypeConfig>,
     id: u64,
@@ -149,6 +169,9 @@ pub(crate) struct Shared {
     /// The log, for its committed index.
     log: LogStore,
     max_apply_backlog: u64,
+    /// True while leadership is being handed to another member: new proposals wait (as etcd
+    /// drops them during a transfer), so the transferee can catch up and win the election.
+    transferring: tokio::sync::watch::Sender<bool>,
     reads: tokio::sync::mpsc::UnboundedSender<batch::PendingRead>,
     leases: Arc<Lessor>,
     /// Bound of one forwarded lease call: one election timeout.
@@ -183,6 +206,12 @@ fn leader_err(e: RaftError<u64, CheckIsLeaderError<u64, Member>>, me: u64) -> Pr
 impl Shared {
     async fn write_local(&self, op: Op) -> Result<Applied, ProposeError> {
         use std::sync::atomic::Ordering;
+        if *self.transferring.borrow() {
+            // Held while leadership moves (bounded by the transfer's own deadline); afterwards
+            // the proposal goes to whoever leads.
+            let mut rx = self.transferring.subscribe();
+            let _ = tokio::time::timeout(TRANSFER_HOLD_MAX, rx.wait_for(|t| !*t)).await;
+        }
         self.check_apply_backlog()?;
         let size = op.size_hint();
         // One proposal always gets in, however large; more wait only while the queue is small.
@@ -366,6 +395,7 @@ impl RaftNode {
                     tx
                 },
                 queued,
+                transferring: tokio::sync::watch::Sender::new(false),
                 log: log_handle,
                 max_apply_backlog: settings.max_apply_backlog,
                 raft,
@@ -575,6 +605,42 @@ impl RaftNode {
     }
 
     /// Asks member `target` to campaign now (etcd's MoveLeader).
+    /// Holds new proposals on this member until the returned guard drops (a leadership
+    /// transfer), then waits until `target` has every entry of the leader's log, at most until
+    /// `deadline`.
+    pub async fn pause_for_transfer(
+        &self,
+        target: u64,
+        deadline: tokio::time::Instant,
+    ) -> TransferGuard {
+        self.shared.transferring.send_replace(true);
+        let guard = TransferGuard {
+            shared: self.shared.clone(),
+        };
+        let mut metrics = self.shared.raft.metrics();
+        loop {
+            let caught_up = {
+                let m = metrics.borrow_and_update();
+                let last = m.last_log_index.unwrap_or(0);
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&target).cloned().flatten())
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                matched >= last
+            };
+            if caught_up
+                || tokio::time::timeout_at(deadline, metrics.changed())
+                    .await
+                    .map_or(true, |r| r.is_err())
+            {
+                break;
+            }
+        }
+        guard
+    }
+
     pub async fn ask_to_campaign(&self, target: u64) -> Result<(), PeerError> {
         let node = self
             .shared

@@ -294,14 +294,40 @@ impl Maintenance for MaintenanceService {
             return Err(EtcdError::BadLeaderTransferee.into());
         }
         if target != raft.id() {
-            raft.ask_to_campaign(target)
-                .await
-                .map_err(|_| EtcdError::BadLeaderTransferee)?;
             let deadline = tokio::time::Instant::now()
                 + 4 * self.node.settings.election
                 + Duration::from_secs(1);
+            // As etcd, new proposals wait during the transfer, and the transferee is asked to
+            // campaign once it has the leader's whole log (else the members refuse their votes).
+            // Proposals are held for at most two election timeouts (etcd drops them for one),
+            // so a transfer that fails costs writes no longer than that.
+            let held_until = tokio::time::Instant::now() + 2 * self.node.settings.election;
+            let mut held = Some(
+                raft.pause_for_transfer(
+                    target,
+                    tokio::time::Instant::now() + self.node.settings.election,
+                )
+                .await,
+            );
+            raft.ask_to_campaign(target)
+                .await
+                .map_err(|_| EtcdError::BadLeaderTransferee)?;
             let mut metrics = raft.leader_changes();
             while raft.leader() != Some(target) {
+                if held.is_some()
+                    && (!raft.is_leader() || tokio::time::Instant::now() >= held_until)
+                {
+                    held = None;
+                }
+                if held.is_some() {
+                    // Wake in time to release the held proposals.
+                    let woke =
+                        tokio::time::timeout_at(held_until.min(deadline), metrics.changed()).await;
+                    if matches!(woke, Ok(Err(_))) {
+                        return Err(EtcdError::Timeout.into());
+                    }
+                    continue;
+                }
                 if tokio::time::timeout_at(deadline, metrics.changed())
                     .await
                     .is_err()
@@ -309,10 +335,10 @@ impl Maintenance for MaintenanceService {
                     return Err(EtcdError::Timeout.into());
                 }
             }
+            drop(held);
         }
-        Ok(Response::new(MoveLeaderResponse {
-            header: self.header(),
-        }))
+        // etcd answers MoveLeader without a header.
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(
