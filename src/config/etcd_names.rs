@@ -323,10 +323,7 @@ pub fn translate_file(
                     place: String,
                     from_block: bool|
      -> Result<(), String> {
-        if let Some(other) = given
-            .iter()
-            .find(|g| alias_target(g) == alias_target(&name) && **g != name)
-        {
+        if let Some(other) = given.iter().find(|g| same_setting(g, &name)) {
             return Err(both_names_error(other, &name));
         }
         given.push(name.clone());
@@ -373,6 +370,11 @@ pub fn translate_file(
     Ok((out, notices))
 }
 
+/// Whether `a` and `b` are two different names of one setting (an alias and its target).
+pub fn same_setting(a: &str, b: &str) -> bool {
+    a != b && alias_target(a) == alias_target(b)
+}
+
 /// The oxcd setting `name` stands for (itself unless it is an alias).
 pub fn alias_target(name: &str) -> &str {
     match find(name).map(|e| e.handling) {
@@ -399,10 +401,7 @@ pub fn check_env(
             continue;
         };
         let name = rest.to_ascii_lowercase().replace('_', "-");
-        if let Some(other) = given
-            .iter()
-            .find(|g| alias_target(g) == alias_target(&name) && **g != name)
-        {
+        if let Some(other) = given.iter().find(|g| same_setting(g, &name)) {
             return Err(both_names_error(other, &name));
         }
         given.push(name.clone());

@@ -230,7 +230,7 @@ pub enum SnapshotCommand {
 pub fn translate_args(
     args: Vec<std::ffi::OsString>,
 ) -> Result<(Vec<std::ffi::OsString>, Vec<String>), String> {
-    use super::etcd_names::{both_names_error, find, resolve, Handling, Outcome};
+    use super::etcd_names::{both_names_error, find, resolve, same_setting, Handling, Outcome};
     let mut out = Vec::with_capacity(args.len());
     let mut notices = Vec::new();
     let mut seen: Vec<String> = Vec::new();
@@ -288,16 +288,6 @@ pub fn translate_args(
         }
     }
     Ok((out, notices))
-}
-
-/// Whether `a` and `b` are two names of one setting (an alias and its target).
-fn same_setting(a: &str, b: &str) -> bool {
-    use super::etcd_names::{find, Handling};
-    let target = |n: &str| match find(n).map(|e| e.handling) {
-        Some(Handling::Alias(to)) => to.to_string(),
-        _ => n.to_string(),
-    };
-    a != b && target(a) == target(b)
 }
 
 /// Whether the previous argument `prev` is a flag that takes the next one as its value.

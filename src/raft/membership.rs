@@ -118,6 +118,18 @@ pub fn members(raft: &Raft<TypeConfig>) -> Vec<MemberInfo> {
         .collect()
 }
 
+/// How far the leader has replicated to member `id`, and its own last log index, from the
+/// leader's metrics (0 for what is not known).
+pub(crate) fn replication_progress(m: &openraft::RaftMetrics<u64, Member>, id: u64) -> (u64, u64) {
+    let matched = m
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map(|l| l.index)
+        .unwrap_or(0);
+    (matched, m.last_log_index.unwrap_or(0))
+}
+
 /// What the leader needs to check and carry out membership changes.
 pub struct Ctx<'a> {
     /// Raft.
@@ -263,14 +275,8 @@ impl Ctx<'_> {
                 if !m.is_learner {
                     return Err(MembershipError::NotLearner);
                 }
-                let metrics = self.raft.metrics().borrow().clone();
-                let leader_last = metrics.last_log_index.unwrap_or(0);
-                let matched = metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).cloned().flatten())
-                    .map(|l| l.index)
-                    .unwrap_or(0);
+                let (matched, leader_last) =
+                    replication_progress(&self.raft.metrics().borrow(), id);
                 if (matched as f64) < 0.9 * leader_last as f64 {
                     return Err(MembershipError::NotInSync);
                 }

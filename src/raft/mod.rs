@@ -604,7 +604,6 @@ impl RaftNode {
         peer::decode(&reply)
     }
 
-    /// Asks member `target` to campaign now (etcd's MoveLeader).
     /// Holds new proposals on this member until the returned guard drops (a leadership
     /// transfer), then waits until `target` has every entry of the leader's log, at most until
     /// `deadline`.
@@ -620,14 +619,8 @@ impl RaftNode {
         let mut metrics = self.shared.raft.metrics();
         loop {
             let caught_up = {
-                let m = metrics.borrow_and_update();
-                let last = m.last_log_index.unwrap_or(0);
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&target).cloned().flatten())
-                    .map(|l| l.index)
-                    .unwrap_or(0);
+                let (matched, last) =
+                    membership::replication_progress(&metrics.borrow_and_update(), target);
                 matched >= last
             };
             if caught_up
@@ -641,6 +634,7 @@ impl RaftNode {
         guard
     }
 
+    /// Asks member `target` to campaign now (etcd's MoveLeader).
     pub async fn ask_to_campaign(&self, target: u64) -> Result<(), PeerError> {
         let node = self
             .shared

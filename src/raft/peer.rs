@@ -191,6 +191,26 @@ impl Peers {
         }
     }
 
+    /// Records a call to `id` that failed with `status` (unreachable, or told it was removed)
+    /// and returns the error for it.
+    fn failed(&self, id: u64, status: &tonic::Status) -> PeerError {
+        crate::metrics::get()
+            .peer_sent_failures
+            .with_label_values(&[&format!("{id:x}")])
+            .inc();
+        if status.code() == tonic::Code::Unavailable {
+            self.last_ok.lock().remove(&id);
+            self.mark_unreachable(id);
+        }
+        if status.code() == tonic::Code::FailedPrecondition && status.message() == REMOVED_MEMBER {
+            self.removed.send_replace(true);
+        }
+        PeerError::Transport {
+            id,
+            msg: format!("{}: {}", status.code(), status.message()),
+        }
+    }
+
     /// When `id` last replied successfully.
     pub fn last_ok(&self, id: u64) -> Option<Instant> {
         self.last_ok.lock().get(&id).copied()
@@ -220,22 +240,7 @@ impl Peers {
                 metrics.peer_sent_failures.with_label_values(&[&to]).inc();
                 Err(PeerError::Timeout(id))
             }
-            Ok(Err(status)) => {
-                metrics.peer_sent_failures.with_label_values(&[&to]).inc();
-                if status.code() == tonic::Code::Unavailable {
-                    self.last_ok.lock().remove(&id);
-                    self.mark_unreachable(id);
-                }
-                if status.code() == tonic::Code::FailedPrecondition
-                    && status.message() == REMOVED_MEMBER
-                {
-                    self.removed.send_replace(true);
-                }
-                Err(PeerError::Transport {
-                    id,
-                    msg: format!("{}: {}", status.code(), status.message()),
-                })
-            }
+            Ok(Err(status)) => Err(self.failed(id, &status)),
             Ok(Ok(resp)) => {
                 self.mark_ok(id);
                 metrics
@@ -533,21 +538,11 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             Err(status) => {
                 if status.code() == tonic::Code::Unavailable {
                     // Down or restarting: openraft calls again after the backoff.
-                    self.peers.mark_unreachable(self.target);
                     tracing::debug!(to = %peer, status = %status.message(), "snapshot stream failed");
                 } else {
                     tracing::warn!(to = %peer, status = %status.message(), "snapshot stream failed");
                 }
-                metrics.peer_sent_failures.with_label_values(&[&peer]).inc();
-                if status.code() == tonic::Code::FailedPrecondition
-                    && status.message() == REMOVED_MEMBER
-                {
-                    self.peers.removed.send_replace(true);
-                }
-                let e = PeerError::Transport {
-                    id: self.target,
-                    msg: format!("{}: {}", status.code(), status.message()),
-                };
+                let e = self.peers.failed(self.target, &status);
                 return Err(StreamingError::Unreachable(Unreachable::new(&e)));
             }
         };

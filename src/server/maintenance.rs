@@ -319,20 +319,13 @@ impl Maintenance for MaintenanceService {
                 {
                     held = None;
                 }
-                if held.is_some() {
-                    // Wake in time to release the held proposals.
-                    let woke =
-                        tokio::time::timeout_at(held_until.min(deadline), metrics.changed()).await;
-                    if matches!(woke, Ok(Err(_))) {
-                        return Err(EtcdError::Timeout.into());
-                    }
-                    continue;
-                }
-                if tokio::time::timeout_at(deadline, metrics.changed())
-                    .await
-                    .is_err()
-                {
-                    return Err(EtcdError::Timeout.into());
+                // While proposals are held, wake in time to release them (held_until comes
+                // before the deadline).
+                let wake = if held.is_some() { held_until } else { deadline };
+                match tokio::time::timeout_at(wake, metrics.changed()).await {
+                    Ok(Ok(())) => {}
+                    Err(_) if held.is_some() => {}
+                    Ok(Err(_)) | Err(_) => return Err(EtcdError::Timeout.into()),
                 }
             }
             drop(held);

@@ -267,15 +267,7 @@ async fn learner_add_catch_up_promote_and_remove() {
     let eps = c.endpoints();
 
     // Add a learner with etcdctl; etcdctl prints the environment for the new member.
-    let spec = MemberSpec {
-        name: "m4".to_string(),
-        client_port: free_port(),
-        peer_port: free_port(),
-        data_dir: c.dir.path().join("m4.data"),
-        initial_cluster: String::new(),
-        state: "existing".to_string(),
-        extra: vec![],
-    };
+    let spec = joining_spec(&c, "m4");
     let peer = spec.peer_url();
     let add = etcdctl(
         &eps,
@@ -296,13 +288,7 @@ async fn learner_add_catch_up_promote_and_remove() {
     assert!(add
         .stdout
         .contains(&format!("ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{peer}\"")));
-    let initial = add
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
-        .expect("ETCD_INITIAL_CLUSTER line")
-        .trim_matches('"')
-        .to_string();
+    let initial = initial_cluster_printed(&add);
     assert_eq!(initial.split(',').count(), 4, "{initial}");
 
     let list = etcdctl(&eps, &["member", "list"]);
@@ -627,15 +613,7 @@ async fn a_voter_joins_a_one_member_cluster() {
     let c = Cluster::start(1).await;
     let eps = c.endpoints();
     assert!(etcdctl(&eps, &["put", "before", "1"]).ok);
-    let spec = MemberSpec {
-        name: "m2".to_string(),
-        client_port: free_port(),
-        peer_port: free_port(),
-        data_dir: c.dir.path().join("m2.data"),
-        initial_cluster: String::new(),
-        state: "existing".to_string(),
-        extra: vec![],
-    };
+    let spec = joining_spec(&c, "m2");
     let peer = spec.peer_url();
     let add = etcdctl(
         &eps,
@@ -643,13 +621,7 @@ async fn a_voter_joins_a_one_member_cluster() {
     );
     assert!(add.ok, "{add:?}");
     assert!(add.stdout.contains("added to cluster"), "{}", add.stdout);
-    let initial = add
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
-        .expect("ETCD_INITIAL_CLUSTER line")
-        .trim_matches('"')
-        .to_string();
+    let initial = initial_cluster_printed(&add);
     assert_eq!(initial.split(',').count(), 2, "{initial}");
     // A linearizable member list needs the quorum of two, as in etcd; the local one shows the
     // unstarted voter.
@@ -685,6 +657,29 @@ async fn a_voter_joins_a_one_member_cluster() {
         }
     })
     .await;
+}
+
+/// The spec of a member `name` that joins `c` after a `member add`.
+fn joining_spec(c: &Cluster, name: &str) -> MemberSpec {
+    MemberSpec {
+        name: name.to_string(),
+        client_port: free_port(),
+        peer_port: free_port(),
+        data_dir: c.dir.path().join(format!("{name}.data")),
+        initial_cluster: String::new(),
+        state: "existing".to_string(),
+        extra: vec![],
+    }
+}
+
+/// The `ETCD_INITIAL_CLUSTER` etcdctl printed for a member it added.
+fn initial_cluster_printed(add: &Ctl) -> String {
+    add.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+        .expect("ETCD_INITIAL_CLUSTER line")
+        .trim_matches('"')
+        .to_string()
 }
 
 /// The members as the first member knows them locally: (name, is learner).
