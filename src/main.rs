@@ -180,44 +180,7 @@ fn snapshot_command(cmd: &SnapshotCommand) -> Result<(), Box<dyn std::error::Err
         }
         SnapshotCommand::Status { file, write_out } => {
             let st = snapshot::status(file)?;
-            match write_out.as_str() {
-                "json" => println!("{}", serde_json::to_string(&st)?),
-                "table" => {
-                    let row = [
-                        format!("{:x}", st.hash),
-                        st.revision.to_string(),
-                        st.total_key.to_string(),
-                        st.total_size.to_string(),
-                    ];
-                    let heads = ["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"];
-                    let widths: Vec<usize> = heads
-                        .iter()
-                        .zip(&row)
-                        .map(|(h, r)| h.len().max(r.len()) + 2)
-                        .collect();
-                    let line: String = widths
-                        .iter()
-                        .map(|w| format!("+{}", "-".repeat(*w)))
-                        .collect::<String>()
-                        + "+";
-                    let cells = |vals: &[String]| {
-                        vals.iter()
-                            .zip(&widths)
-                            .map(|(v, w)| format!("|{v:^w$}"))
-                            .collect::<String>()
-                            + "|"
-                    };
-                    println!("{line}");
-                    println!("{}", cells(&heads.map(str::to_string)));
-                    println!("{line}");
-                    println!("{}", cells(&row));
-                    println!("{line}");
-                }
-                _ => println!(
-                    "{:x}, {}, {}, {}",
-                    st.hash, st.revision, st.total_key, st.total_size
-                ),
-            }
+            print!("{}", st.render(write_out)?);
             Ok(())
         }
     }

@@ -19,10 +19,18 @@ pub struct Alarms {
     active: RwLock<BTreeSet<(u64, i32)>>,
 }
 
-fn row_key(member: u64, alarm: i32) -> Vec<u8> {
+/// An alarm's row key: the member ID (big-endian u64) then the alarm type (big-endian i32).
+pub fn row_key(member: u64, alarm: i32) -> Vec<u8> {
     let mut k = member.to_be_bytes().to_vec();
     k.extend_from_slice(&alarm.to_be_bytes());
     k
+}
+
+/// The member ID and alarm type of a row key; `None` when it is not 12 bytes.
+pub fn parse_row_key(k: &[u8]) -> Option<(u64, i32)> {
+    let member = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+    let alarm = i32::from_be_bytes(k.get(8..)?.try_into().ok()?);
+    Some((member, alarm))
 }
 
 impl Alarms {

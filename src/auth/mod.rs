@@ -29,10 +29,15 @@ use crate::storage::{Batch, Cf, Storage, StorageError};
 /// The role (and user) that bypasses every permission check.
 pub const ROOT: &str = "root";
 
-const USER_PREFIX: &[u8] = b"user/";
-const ROLE_PREFIX: &[u8] = b"role/";
-const KEY_ENABLED: &[u8] = b"enabled";
-const KEY_REVISION: &[u8] = b"revision";
+/// The prefix of a user's row in the `auth` column family (then the name; the value is
+/// `authpb.User`).
+pub const USER_PREFIX: &[u8] = b"user/";
+/// The prefix of a role's row (then the name; the value is `authpb.Role`).
+pub const ROLE_PREFIX: &[u8] = b"role/";
+/// The row of the auth-enabled flag: one byte, 1 when enabled.
+pub const KEY_ENABLED: &[u8] = b"enabled";
+/// The row of the auth revision: a big-endian u64.
+pub const KEY_REVISION: &[u8] = b"revision";
 
 /// A deterministic refusal of an auth command or query, with etcd's text (without the
 /// `etcdserver: ` prefix, which the server adds).

@@ -184,6 +184,20 @@ fn decode(raw: &[u8]) -> Result<Record, StorageError> {
     })
 }
 
+/// A lease's stored row from its ID, granted TTL and remaining TTL (0 when never checkpointed).
+pub fn encode_row(id: i64, ttl: i64, remaining_ttl: i64) -> Vec<u8> {
+    encode(&Record {
+        id,
+        ttl,
+        remaining_ttl,
+    })
+}
+
+/// A stored lease row's ID, granted TTL and remaining TTL.
+pub fn decode_row(raw: &[u8]) -> Result<(i64, i64, i64), StorageError> {
+    decode(raw).map(|r| (r.id, r.ttl, r.remaining_ttl))
+}
+
 fn encode(r: &Record) -> Vec<u8> {
     let mut out = Vec::with_capacity(24);
     for v in [r.id, r.ttl, r.remaining_ttl] {

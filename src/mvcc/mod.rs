@@ -36,6 +36,17 @@ pub const META_COMPACT_REV: &[u8] = b"compact_rev";
 /// Meta key of the current revision.
 pub const META_CURRENT_REV: &[u8] = b"current_rev";
 
+/// A revision's stored row (in the `kv` column family under [`Revision::to_bytes`]) for `kv`,
+/// a put or a tombstone.
+pub fn encode_row(kv: &KeyValue, tombstone: bool) -> Vec<u8> {
+    encode_value(kv, tombstone)
+}
+
+/// The key-value of a stored row and whether it is a tombstone.
+pub fn decode_row(raw: &[u8]) -> Result<(KeyValue, bool), StorageError> {
+    decode_value(raw)
+}
+
 /// A deterministic outcome of an MVCC operation that is not a success.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
@@ -325,6 +336,15 @@ impl Mvcc {
             Ok(true)
         })?;
         Ok((h.finalize(), compacted, rev))
+    }
+
+    /// One consistent view for a backup: the storage view (every column family at one point),
+    /// the stored revisions a compaction has queued for deletion but not deleted (a backup
+    /// leaves them out, as HashKV does) and the compact revision. Taken under the index lock.
+    pub fn backup_view(&self) -> (crate::storage::ReadView<'_>, purge::Pending, i64) {
+        let index = self.index.read();
+        let pending = self.purger.pending();
+        (self.storage.read_view(), pending, index.compacted)
     }
 
     /// Runs `f` with the store on tokio's blocking pool, so a read that scans much (a range over

@@ -9,8 +9,10 @@
 //! - Auto-compaction runs only on the leader and proposes `Compact` like a client would.
 //! - Lease expiry runs only on the leader and proposes `LeaseRevoke` (see [`lease`]).
 
+pub mod bbolt;
 mod compactor;
 pub mod corrupt;
+pub mod etcd_backup;
 mod lease;
 pub mod quota;
 pub mod snapshot;

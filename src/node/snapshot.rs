@@ -1,17 +1,19 @@
-//! Backups: the file `etcdctl snapshot save` writes from Maintenance.Snapshot, and
-//! `oxcd snapshot restore` / `oxcd snapshot status` that read it.
+//! Backups: `oxcd snapshot restore` / `oxcd snapshot status` of a backup file, in etcd's format
+//! (what `Maintenance.Snapshot` streams and `etcdctl snapshot save` writes, see
+//! [`super::etcd_backup`]) or in the format of oxcd's earlier releases.
 //!
-//! The file is oxcd's own: a magic line, the length of what follows, the rows of the replicated
+//! The earlier format: a magic line, the length of what follows, the rows of the replicated
 //! state (key-value, lease, auth, alarm and meta column families) taken from one RocksDB
 //! snapshot, zero padding to a multiple of 512 bytes (etcd's clients recognise the checksum by
-//! `size % 512 == 32`, as bbolt files are made of pages), then, as etcd appends to its stream,
-//! the 32-byte sha256 of everything before it.
+//! `size % 512 == 32`, as bbolt files are made of pages), then the 32-byte sha256 of
+//! everything before it. oxcd no longer writes it (its writer is kept for the tests) but still
+//! restores it.
 //!
-//! Invariants: a snapshot is one consistent point in time; writing, checking and restoring one
-//! stream it in bounded chunks and batches, never the whole file in memory; a restore refuses a file whose
-//! checksum does not match (unless told to skip the check) and never writes into an existing data
-//! directory; a restored member keeps every key, revision, lease and user but none of the old
-//! cluster's raft history or membership, so it starts as a member of a new cluster.
+//! Invariants: checking and restoring a file stream it in bounded chunks and batches, never the
+//! whole file in memory; a restore refuses a file whose checksum does not match (unless told to
+//! skip the check) and never writes into a non-empty data directory; a restored member keeps
+//! every key, revision, lease and user but none of the old cluster's raft history or
+//! membership, so it starts as a member of a new cluster.
 
 use std::path::Path;
 
@@ -27,6 +29,7 @@ pub const MAGIC: &[u8] = b"oxcd-snapshot-v1\n";
 const SHA_LEN: usize = 32;
 
 /// The content is padded to a multiple of this (bbolt's page size, which etcd's clients expect).
+#[cfg(test)]
 const PAGE: usize = 512;
 
 /// Failures reading or restoring a snapshot.
@@ -41,7 +44,7 @@ pub enum SnapshotError {
         source: std::io::Error,
     },
     /// The file is not an oxcd snapshot.
-    #[error("{0}: not an oxcd snapshot (etcd's bbolt snapshots cannot be restored by oxcd)")]
+    #[error("{0}: neither an etcd snapshot (a bbolt database) nor an oxcd snapshot")]
     NotASnapshot(String),
     /// The checksum does not match.
     #[error("snapshot file integrity check failed: expected sha256 {expected}, got {actual}")]
@@ -60,6 +63,9 @@ pub enum SnapshotError {
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// An etcd (bbolt) file could not be read or written.
+    #[error(transparent)]
+    Bbolt(#[from] super::bbolt::BboltError),
 }
 
 /// Rows per restore batch are cut at this many bytes.
@@ -72,9 +78,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     }
 }
 
-/// Writes the snapshot of `storage`'s replicated state to `path`, checksum included, streaming
+/// Writes a file in the earlier format from `storage`'s replicated state to `path`, checksum included, streaming
 /// rows from one RocksDB snapshot (bincode's layout of a row list, written row by row, with the
 /// count and length filled in afterwards). Returns the file's size.
+#[cfg(test)]
 pub fn export_to(storage: &Storage, path: &Path) -> Result<u64, SnapshotError> {
     use std::io::{Seek, SeekFrom, Write};
     let file = std::fs::OpenOptions::new()
@@ -261,8 +268,90 @@ pub struct Status {
     pub total_size: u64,
 }
 
-/// Checks `file` and summarises it.
+/// etcd's (go-humanize's) rendering of a size: base 1000, one decimal below 10.
+fn humanize_bytes(n: u64) -> String {
+    if n < 10 {
+        return format!("{n} B");
+    }
+    let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut e = 0;
+    let mut scale = 1f64;
+    while e + 1 < units.len() && (n as f64) >= scale * 1000.0 {
+        scale *= 1000.0;
+        e += 1;
+    }
+    let val = ((n as f64) / scale * 10.0 + 0.5).floor() / 10.0;
+    if val < 10.0 {
+        format!("{val:.1} {}", units[e])
+    } else {
+        format!("{val:.0} {}", units[e])
+    }
+}
+
+impl Status {
+    /// The summary as `etcdutl snapshot status -w <format>` prints it (simple, table, json or
+    /// fields), ending in a newline.
+    pub fn render(&self, format: &str) -> Result<String, String> {
+        let hash = format!("{:x}", self.hash);
+        let size = humanize_bytes(self.total_size);
+        Ok(match format {
+            "simple" => format!("{hash}, {}, {}, {size}\n", self.revision, self.total_key),
+            "json" => format!(
+                "{}\n",
+                serde_json::to_string(self).map_err(|e| e.to_string())?
+            ),
+            "fields" => format!(
+                "\"Hash\" : {}\n\"Revision\" : {}\n\"Keys\" : {}\n\"Size\" : {}\n",
+                self.hash, self.revision, self.total_key, self.total_size
+            ),
+            "table" => {
+                // tablewriter's layout: headers centred, cells right-aligned, one space of
+                // padding on each side.
+                let row = [
+                    hash,
+                    self.revision.to_string(),
+                    self.total_key.to_string(),
+                    size,
+                ];
+                let heads = ["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"];
+                let widths: Vec<usize> = heads
+                    .iter()
+                    .zip(&row)
+                    .map(|(h, r)| h.len().max(r.len()))
+                    .collect();
+                let line: String = widths
+                    .iter()
+                    .map(|w| format!("+{}", "-".repeat(w + 2)))
+                    .collect::<String>()
+                    + "+\n";
+                let head: String = heads
+                    .iter()
+                    .zip(&widths)
+                    .map(|(h, w)| format!("| {h:^w$} "))
+                    .collect::<String>()
+                    + "|\n";
+                let cells: String = row
+                    .iter()
+                    .zip(&widths)
+                    .map(|(v, w)| format!("| {v:>w$} "))
+                    .collect::<String>()
+                    + "|\n";
+                format!("{line}{head}{line}{cells}{line}")
+            }
+            other => {
+                return Err(format!(
+                    "unsupported output format {other:?}: use simple, table, json or fields"
+                ))
+            }
+        })
+    }
+}
+
+/// Checks `file` and summarises it (for an etcd file, as `etcdutl snapshot status` does).
 pub fn status(file: &Path) -> Result<Status, SnapshotError> {
+    if super::etcd_backup::is_etcd_file(file) {
+        return super::etcd_backup::status(file);
+    }
     let (hash, total_size) = check(file, false)?;
     let mut revision = 1;
     let mut total_key = 0;
@@ -281,6 +370,19 @@ pub fn status(file: &Path) -> Result<Status, SnapshotError> {
     })
 }
 
+/// Refuses a data directory that exists and is not empty.
+pub(super) fn ensure_empty(data_dir: &Path) -> Result<(), SnapshotError> {
+    if data_dir.exists() {
+        let empty = std::fs::read_dir(data_dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            return Err(SnapshotError::DataDirExists(data_dir.display().to_string()));
+        }
+    }
+    Ok(())
+}
+
 /// Builds a new member's data directory `data_dir` from `file`: every key, revision, lease, user
 /// and alarm, without the old cluster's raft history and membership. The member then starts
 /// with `--initial-cluster-state new` and the cluster given on its command line. Reads and writes
@@ -290,16 +392,11 @@ pub fn restore(
     data_dir: &Path,
     skip_hash_check: bool,
 ) -> Result<Status, SnapshotError> {
-    let (hash, total_size) = check(file, skip_hash_check)?;
-    let dir = data_dir.display().to_string();
-    if data_dir.exists() {
-        let empty = std::fs::read_dir(data_dir)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-        if !empty {
-            return Err(SnapshotError::DataDirExists(dir));
-        }
+    if super::etcd_backup::is_etcd_file(file) {
+        return super::etcd_backup::restore(file, data_dir, skip_hash_check);
     }
+    let (hash, total_size) = check(file, skip_hash_check)?;
+    ensure_empty(data_dir)?;
     let storage = Storage::open(&super::db_path(data_dir))?;
     let mut batch = Batch::new();
     let mut size = 0usize;
@@ -386,6 +483,11 @@ mod tests {
             Err(SnapshotError::DataDirExists(_))
         ));
 
+        assert_eq!(humanize_bytes(4096), "4.1 kB");
+        assert_eq!(humanize_bytes(20480), "20 kB");
+        assert_eq!(humanize_bytes(57344), "57 kB");
+        assert_eq!(humanize_bytes(9), "9 B");
+        assert_eq!(humanize_bytes(2_101_248), "2.1 MB");
         assert_eq!(
             bytes.len() % 512,
             32,

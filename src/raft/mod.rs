@@ -34,7 +34,9 @@ pub use membership::{MemberInfo, MembershipError, MembershipOp, MembershipResult
 pub use peer::{PeerError, PeerNetwork, Peers};
 pub use peer_server::PeerService;
 pub use state_machine::StateMachine;
-pub use state_machine::CLUSTER_META_KEYS;
+pub use state_machine::{
+    ClusterFacts, CLUSTER_META_KEYS, KEY_APPLIED, KEY_MEMBERSHIP, KEY_REMOVED,
+};
 
 use crate::apply::{Applied, Op};
 use crate::auth::AuthStore;

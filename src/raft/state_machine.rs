@@ -29,9 +29,54 @@ use crate::mvcc::Mvcc;
 use crate::storage::{Batch, Cf, Storage};
 use crate::types::Member;
 
-const KEY_APPLIED: &[u8] = b"applied";
-const KEY_MEMBERSHIP: &[u8] = b"membership";
-const KEY_REMOVED: &[u8] = b"removed";
+/// The `meta` row of the last applied log id (bincode).
+pub const KEY_APPLIED: &[u8] = b"applied";
+/// The `meta` row of the membership (bincode of openraft's stored membership).
+pub const KEY_MEMBERSHIP: &[u8] = b"membership";
+/// The `meta` row of the IDs of removed members (bincode of a set).
+pub const KEY_REMOVED: &[u8] = b"removed";
+
+/// What a backup records of the cluster, decoded from the `meta` rows above.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClusterFacts {
+    /// The index and term of the last applied log entry (0 when none).
+    pub applied: (u64, u64),
+    /// The members: ID, description, and whether it is a learner.
+    pub members: Vec<(u64, Member, bool)>,
+    /// The IDs of removed members.
+    pub removed: Vec<u64>,
+}
+
+impl ClusterFacts {
+    /// Decodes the stored rows of [`KEY_APPLIED`], [`KEY_MEMBERSHIP`] and [`KEY_REMOVED`].
+    pub fn decode(
+        applied: Option<&[u8]>,
+        membership: Option<&[u8]>,
+        removed: Option<&[u8]>,
+    ) -> Result<ClusterFacts, bincode::Error> {
+        let mut facts = ClusterFacts::default();
+        if let Some(b) = applied {
+            if let Some(l) = bincode::deserialize::<Option<LogId<u64>>>(b)? {
+                facts.applied = (l.index, l.leader_id.term);
+            }
+        }
+        if let Some(b) = membership {
+            let m: Membership = bincode::deserialize(b)?;
+            let voters: BTreeSet<u64> = m.membership().voter_ids().collect();
+            facts.members = m
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.clone(), !voters.contains(id)))
+                .collect();
+        }
+        if let Some(b) = removed {
+            facts.removed = bincode::deserialize::<BTreeSet<u64>>(b)?
+                .into_iter()
+                .collect();
+        }
+        Ok(facts)
+    }
+}
 
 /// The `meta` keys that belong to one cluster's raft history (applied log id, membership,
 /// removed members): a snapshot restored into a new cluster leaves them out.

