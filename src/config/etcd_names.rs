@@ -93,7 +93,6 @@ names! {
     "discovery-token" => Only(EMPTY, "members bootstrap from --initial-cluster or their StatefulSet pod identity");
     "force-new-cluster", bool => Only(FALSE, "a member cannot be forced into a new one-member cluster; restore a snapshot instead");
     "unsafe-no-fsync", bool => Only(FALSE, "every log append is fsynced");
-    "pre-vote", bool => Only(FALSE, "oxcd has no pre-vote phase yet");
     "metrics" => Only(&["basic"], "only etcd's basic metrics are exported");
     "log-format" => Only(&["json"], "logs are JSON lines");
     "enable-log-rotation", bool => Only(FALSE, "logs are not rotated; send them to stderr or rotate the file outside");

@@ -100,6 +100,7 @@ settings_flags! {
     snapshot_count => "snapshot-count", "Number of applied log entries between snapshots (default 10000).";
     max_learners => "max-learners", "Maximum number of learners allowed in the cluster (default 1).";
     strict_reconfig_check => "strict-reconfig-check", "Reject reconfiguration requests that would cause quorum loss (default true).", bare = "true";
+    pre_vote => "pre-vote", "Ask the other voters before campaigning (raft pre-vote), so a member that cannot win never raises the term (default true).", bare = "true";
     watch_progress_notify_interval => "watch-progress-notify-interval", "Duration of periodic watch progress notifications (default 10m).";
     auth_token => "auth-token", "Auth token: simple (default) or jwt,pub-key=<PEM>,priv-key=<PEM>,sign-method=<RS256|ES256|...>,ttl=<duration>.";
     auth_token_ttl => "auth-token-ttl", "Seconds a simple token lives after its last use (default 300).";

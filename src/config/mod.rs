@@ -194,6 +194,9 @@ pub struct Config {
     /// Refuse membership changes that would cost quorum.
     #[serde(deserialize_with = "de::boolean")]
     pub strict_reconfig_check: bool,
+    /// Pre-vote before campaigning.
+    #[serde(deserialize_with = "de::boolean")]
+    pub pre_vote: bool,
     /// Period of watch progress notifications (a Go duration such as `10m`).
     #[serde(deserialize_with = "de::string")]
     pub watch_progress_notify_interval: String,
@@ -277,6 +280,7 @@ impl Default for Config {
             snapshot_count: 10_000,
             max_learners: 1,
             strict_reconfig_check: true,
+            pre_vote: true,
             watch_progress_notify_interval: "10m".to_string(),
             experimental_enable_lease_checkpoint: false,
             experimental_lease_checkpoint_interval: "5m".to_string(),
@@ -381,6 +385,8 @@ pub struct Settings {
     pub max_learners: usize,
     /// Refuse membership changes that would cost quorum.
     pub strict_reconfig_check: bool,
+    /// Pre-vote before campaigning (etcd's `--pre-vote`).
+    pub pre_vote: bool,
     /// Period of watch progress notifications.
     pub watch_progress_notify_interval: Duration,
     /// How often the leader checkpoints remaining lease TTLs; `None` when it does not.
@@ -760,6 +766,7 @@ impl Config {
             snapshot_count: self.snapshot_count.max(1),
             max_learners: self.max_learners as usize,
             strict_reconfig_check: self.strict_reconfig_check,
+            pre_vote: self.pre_vote,
             watch_progress_notify_interval,
             lease_checkpoint_interval: (self.experimental_enable_lease_checkpoint
                 || gates.lease_checkpoint)

@@ -7,6 +7,14 @@
 //! fields ignored); the `Authorization` header carries the auth token; errors carry etcd's gRPC
 //! code and text with grpc-gateway's HTTP status; streams answer one `{"result": ...}` line per
 //! message. `/v3beta/` paths are the same as `/v3/`.
+//! - A call that reaches a service is measured as the gRPC call it stands for (etcd's gateway is
+//!   a gRPC client of its own server): `grpc_server_*` and `etcd_server_client_requests_total`
+//!   count it under its gRPC service and method, and it is traced as a `grpc.request` span. A
+//!   body that does not parse never reaches a service, so it is not counted, as in etcd.
+//! - A bidirectional stream (watch, lease keep-alive) reads its request body as it arrives
+//!   ([`body`]), so requests can go on being sent while answers come back.
+
+mod body;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Code, Status};
 
+use crate::metrics::grpc::Call;
 use crate::proto::etcdserverpb::auth_server::Auth;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
@@ -30,6 +39,104 @@ use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::v3electionpb::election_server::Election;
 use crate::proto::v3lockpb::lock_server::Lock;
 use crate::server::{lease, watch, Services};
+
+/// The gRPC method a gateway route stands for, from the service field and method names the
+/// route macros are given (`kv`, `delete_range` -> `/etcdserverpb.KV/DeleteRange`).
+fn grpc_path(service: &str, method: &str) -> String {
+    let service = match service {
+        "kv" => "etcdserverpb.KV",
+        "lease" => "etcdserverpb.Lease",
+        "cluster" => "etcdserverpb.Cluster",
+        "maintenance" => "etcdserverpb.Maintenance",
+        "auth" => "etcdserverpb.Auth",
+        "lock" => "v3lockpb.Lock",
+        "election" => "v3electionpb.Election",
+        other => other,
+    };
+    let method: String = match method {
+        "hash_kv" => "HashKV".to_string(),
+        m => m
+            .split('_')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect(),
+    };
+    format!("/{service}/{method}")
+}
+
+/// A gateway call being measured as its gRPC call (nothing when the path names no method).
+struct Measured {
+    call: Option<Call>,
+    span: tracing::Span,
+}
+
+impl Measured {
+    fn start(path: &str) -> Measured {
+        match crate::server::http::begin_call(path) {
+            Some((call, span)) => Measured {
+                call: Some(call),
+                span,
+            },
+            None => Measured {
+                call: None,
+                span: tracing::Span::none(),
+            },
+        }
+    }
+
+    /// Records a unary call's end: one message each way on success, the request alone on error.
+    fn unary_done(mut self, result: Result<(), Code>) {
+        if let Some(call) = self.call.as_mut() {
+            call.messages(true, 1);
+            match result {
+                Ok(()) => {
+                    call.messages(false, 1);
+                    call.finish(0);
+                }
+                Err(code) => call.finish(code as i32),
+            }
+        }
+    }
+}
+
+/// Counts a stream's messages and its end on `call`: each message sent, the error that ends
+/// it, or a clean end. A stream dropped before its end counts as `Canceled`.
+fn measured<T: Send + 'static>(messages: Messages<T>, call: Option<Call>) -> Messages<T> {
+    let Some(call) = call else {
+        return messages;
+    };
+    let call = std::sync::Arc::new(parking_lot::Mutex::new(call));
+    let at_end = call.clone();
+    let counted = messages.inspect(move |m| match m {
+        Ok(_) => call.lock().messages(false, 1),
+        Err(s) => call.lock().finish(s.code() as i32),
+    });
+    let end = futures::stream::once(async move {
+        at_end.lock().finish(0);
+    })
+    .filter_map(|()| async { None });
+    Box::pin(counted.chain(end))
+}
+
+/// Counts each request message of a stream as received on `call`.
+fn count_received<T, S>(
+    inbound: S,
+    call: Option<&Call>,
+) -> impl Stream<Item = Result<T, Status>> + Send + Unpin + 'static
+where
+    S: Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
+{
+    let counter = call.map(|c| c.message_counter(true));
+    inbound.inspect(move |m| {
+        if let (Ok(_), Some(c)) = (m, &counter) {
+            c.inc();
+        }
+    })
+}
 
 /// grpc-gateway's HTTP status for a gRPC code.
 pub fn http_status(code: Code) -> StatusCode {
@@ -110,15 +217,6 @@ fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-/// Parses a stream's request messages (concatenated or newline-separated JSON objects); a body
-/// that is not JSON fails the call with `Unknown`, as grpc-gateway's stream decoding does.
-fn parse_stream<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, Status> {
-    serde_json::Deserializer::from_slice(body)
-        .into_iter::<T>()
-        .map(|r| r.map_err(|e| Status::unknown(e.to_string())))
-        .collect()
-}
-
 /// A gRPC request carrying the gateway request's auth token.
 fn grpc_request<T>(headers: &HeaderMap, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
@@ -132,8 +230,9 @@ fn grpc_request<T>(headers: &HeaderMap, msg: T) -> tonic::Request<T> {
     r
 }
 
-/// Serves one unary call: JSON in, the service's answer as JSON out.
-async fn unary<Req, Resp, F, Fut>(headers: HeaderMap, body: Bytes, call: F) -> Response
+/// Serves one unary call of the gRPC method at `path`: JSON in, the service's answer as JSON
+/// out, measured as that method.
+async fn unary<Req, Resp, F, Fut>(path: &str, headers: HeaderMap, body: Bytes, call: F) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
@@ -144,13 +243,21 @@ where
         Ok(r) => r,
         Err(s) => return error_response(&s),
     };
-    match call(grpc_request(&headers, req)).await {
+    let measured = Measured::start(path);
+    let span = measured.span.clone();
+    let result = tracing::Instrument::instrument(call(grpc_request(&headers, req)), span).await;
+    let (response, outcome) = match result {
         Ok(resp) => match serde_json::to_string(resp.get_ref()) {
-            Ok(json) => json_response(StatusCode::OK, json),
-            Err(e) => error_response(&Status::internal(e.to_string())),
+            Ok(json) => (json_response(StatusCode::OK, json), Ok(())),
+            Err(e) => {
+                let s = Status::internal(e.to_string());
+                (error_response(&s), Err(s.code()))
+            }
         },
-        Err(s) => error_response(&s),
-    }
+        Err(s) => (error_response(&s), Err(s.code())),
+    };
+    measured.unary_done(outcome);
+    response
 }
 
 type Messages<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -197,7 +304,8 @@ macro_rules! unary_route {
             $path,
             post(
                 |State(s): State<Services>, headers: HeaderMap, body: Bytes| async move {
-                    unary(headers, body, |r| async move {
+                    let path = grpc_path(stringify!($svc), stringify!($method));
+                    unary(&path, headers, body, |r| async move {
                         $trait::$method(&s.$svc, r).await
                     })
                     .await
@@ -300,30 +408,63 @@ async fn gateway_method_not_allowed() -> Response {
     crate::health::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
 }
 
-async fn watch_handler(State(s): State<Services>, headers: HeaderMap, body: Bytes) -> Response {
+/// The request messages of a bidirectional stream, read from `body` as they arrive. The first
+/// one is read before the call starts: a body that does not begin with a message fails the
+/// call (as before any answer), a later bad message ends the stream.
+async fn inbound_of<T: DeserializeOwned + Send + 'static>(
+    s: &Services,
+    body: Body,
+) -> Result<impl Stream<Item = Result<T, Status>> + Send + Unpin + 'static, Status> {
+    let max = (s.node.settings.max_request_bytes as usize).saturating_add(64 * 1024);
+    let mut rest = body::messages::<T>(body, max);
+    let first = match rest.next().await {
+        Some(Ok(m)) => Some(Ok(m)),
+        Some(Err(e)) => return Err(e),
+        None => None,
+    };
+    Ok(futures::stream::iter(first).chain(rest))
+}
+
+async fn watch_handler(State(s): State<Services>, headers: HeaderMap, body: Body) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let requests = match parse_stream(&body) {
-        Ok(r) => r,
+    let inbound = match inbound_of(&s, body).await {
+        Ok(i) => i,
         Err(e) => return error_response(&e),
     };
-    let inbound = futures::stream::iter(requests.into_iter().map(Ok));
-    stream_response(watch::open(s.node.clone(), token, false, inbound))
+    let m = Measured::start("/etcdserverpb.Watch/Watch");
+    let inbound = count_received(inbound, m.call.as_ref());
+    let _entered = m.span.enter();
+    stream_response(measured(
+        watch::open(s.node.clone(), token, false, inbound),
+        m.call,
+    ))
 }
 
-async fn keepalive_handler(State(s): State<Services>, body: Bytes) -> Response {
-    let requests = match parse_stream(&body) {
-        Ok(r) => r,
+async fn keepalive_handler(State(s): State<Services>, body: Body) -> Response {
+    let inbound = match inbound_of(&s, body).await {
+        Ok(i) => i,
         Err(e) => return error_response(&e),
     };
-    let inbound = futures::stream::iter(requests.into_iter().map(Ok));
-    stream_response(lease::keep_alive_stream(s.node.clone(), inbound))
+    let m = Measured::start("/etcdserverpb.Lease/LeaseKeepAlive");
+    let inbound = count_received(inbound, m.call.as_ref());
+    let _entered = m.span.enter();
+    stream_response(measured(
+        lease::keep_alive_stream(s.node.clone(), inbound),
+        m.call,
+    ))
 }
 
-/// Serves a server-streaming call: one JSON request in, its messages as `{"result": ...}` lines.
-async fn server_stream<Req, Resp, F, Fut>(headers: HeaderMap, body: Bytes, call: F) -> Response
+/// Serves a server-streaming call of the gRPC method at `path`: one JSON request in, its
+/// messages as `{"result": ...}` lines.
+async fn server_stream<Req, Resp, F, Fut>(
+    path: &str,
+    headers: HeaderMap,
+    body: Bytes,
+    call: F,
+) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize + Send + 'static,
@@ -334,22 +475,38 @@ where
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
-    match call(grpc_request(&headers, req)).await {
-        Ok(stream) => stream_response(stream.into_inner()),
-        Err(e) => error_response(&e),
+    let mut m = Measured::start(path);
+    if let Some(c) = m.call.as_ref() {
+        c.messages(true, 1);
+    }
+    let span = m.span.clone();
+    match tracing::Instrument::instrument(call(grpc_request(&headers, req)), span).await {
+        Ok(stream) => stream_response(measured(stream.into_inner(), m.call.take())),
+        Err(e) => {
+            if let Some(c) = m.call.as_mut() {
+                c.finish(e.code() as i32);
+            }
+            error_response(&e)
+        }
     }
 }
 
 async fn observe_handler(State(s): State<Services>, headers: HeaderMap, body: Bytes) -> Response {
-    server_stream(headers, body, |r| async move {
-        Election::observe(&s.election, r).await
-    })
+    server_stream(
+        "/v3electionpb.Election/Observe",
+        headers,
+        body,
+        |r| async move { Election::observe(&s.election, r).await },
+    )
     .await
 }
 
 async fn snapshot_handler(State(s): State<Services>, headers: HeaderMap, body: Bytes) -> Response {
-    server_stream(headers, body, |r| async move {
-        Maintenance::snapshot(&s.maintenance, r).await
-    })
+    server_stream(
+        "/etcdserverpb.Maintenance/Snapshot",
+        headers,
+        body,
+        |r| async move { Maintenance::snapshot(&s.maintenance, r).await },
+    )
     .await
 }

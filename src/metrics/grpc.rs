@@ -169,7 +169,20 @@ impl Call {
             .observe(self.start.elapsed().as_secs_f64());
     }
 
-    fn messages(&self, received: bool, n: u64) {
+    /// The counter of this call's messages received from the client (`received`) or sent to
+    /// it, for counting from a task that does not hold the call.
+    pub fn message_counter(&self, received: bool) -> prometheus::IntCounter {
+        let m = &super::get().grpc;
+        let c = if received {
+            &m.msg_received
+        } else {
+            &m.msg_sent
+        };
+        c.with_label_values(&self.labels())
+    }
+
+    /// Counts `n` messages received from the client (`received`) or sent to it.
+    pub fn messages(&self, received: bool, n: u64) {
         if n == 0 {
             return;
         }

@@ -283,6 +283,7 @@ impl Node {
             token: settings.token.clone(),
             max_learners: settings.max_learners,
             strict_reconfig_check: settings.strict_reconfig_check,
+            pre_vote: settings.pre_vote,
             max_message: MAX_PEER_MESSAGE,
             max_apply_backlog: settings.max_apply_backlog,
         };

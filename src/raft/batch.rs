@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::Raft;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use super::{forward_err, ProposeError, TypeConfig};
 use crate::apply::{Applied, Op};
@@ -42,6 +42,7 @@ pub(super) async fn run(
     timeout: Duration,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
+    lost: watch::Receiver<bool>,
 ) {
     use std::sync::atomic::Ordering;
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -65,22 +66,29 @@ pub(super) async fn run(
         }
         queued.fetch_sub(bytes, Ordering::SeqCst);
         let raft = raft.clone();
+        let lost = lost.clone();
         tokio::spawn(async move {
-            propose(&raft, me, timeout, batch).await;
+            propose(&raft, me, timeout, lost, batch).await;
             drop(permit);
         });
     }
 }
 
-async fn propose(raft: &Raft<TypeConfig>, me: u64, timeout: Duration, mut batch: Vec<Pending>) {
+async fn propose(
+    raft: &Raft<TypeConfig>,
+    me: u64,
+    timeout: Duration,
+    lost: watch::Receiver<bool>,
+    mut batch: Vec<Pending>,
+) {
     if batch.len() == 1 {
         if let Some((op, tx)) = batch.pop() {
-            let _ = tx.send(write(raft, me, timeout, op).await);
+            let _ = tx.send(write(raft, me, timeout, lost, op).await);
         }
         return;
     }
     let (ops, txs): (Vec<Op>, Vec<_>) = batch.into_iter().unzip();
-    match write(raft, me, timeout, Op::Batch(ops)).await {
+    match write(raft, me, timeout, lost, Op::Batch(ops)).await {
         Ok(Applied::Batch(results)) if results.len() == txs.len() => {
             for (tx, r) in txs.into_iter().zip(results) {
                 let _ = tx.send(Ok(r));
@@ -100,16 +108,29 @@ async fn propose(raft: &Raft<TypeConfig>, me: u64, timeout: Duration, mut batch:
     }
 }
 
+/// Resolves once `lost` says this leader has lost its quorum (never, if its sender is gone).
+async fn quorum_lost(mut lost: watch::Receiver<bool>) {
+    if lost.wait_for(|l| *l).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn write(
     raft: &Raft<TypeConfig>,
     me: u64,
     timeout: Duration,
+    lost: watch::Receiver<bool>,
     op: Op,
 ) -> Result<Applied, ProposeError> {
-    match tokio::time::timeout(timeout, raft.client_write(op)).await {
-        Err(_) => Err(ProposeError::Timeout),
-        Ok(Ok(resp)) => Ok(resp.data),
-        Ok(Err(e)) => Err(forward_err(e, me)),
+    // A leader that loses its quorum fails its pending writes at once (check-quorum) instead of
+    // letting them time out; such a write may still be committed by a later leader.
+    tokio::select! {
+        res = tokio::time::timeout(timeout, raft.client_write(op)) => match res {
+            Err(_) => Err(ProposeError::Timeout),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(e)) => Err(forward_err(e, me)),
+        },
+        () = quorum_lost(lost) => Err(ProposeError::QuorumLost),
     }
 }
 
@@ -125,16 +146,20 @@ pub(super) async fn run_reads(
     me: u64,
     timeout: Duration,
     mut rx: mpsc::UnboundedReceiver<PendingRead>,
+    lost: watch::Receiver<bool>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let res = match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
-            Err(_) => Err(ProposeError::Timeout),
-            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
-            Ok(Err(e)) => Err(super::leader_err(e, me)),
+        let res = tokio::select! {
+            res = tokio::time::timeout(timeout, raft.get_read_log_id()) => match res {
+                Err(_) => Err(ProposeError::Timeout),
+                Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                Ok(Err(e)) => Err(super::leader_err(e, me)),
+            },
+            () = quorum_lost(lost.clone()) => Err(ProposeError::QuorumLost),
         };
         for w in waiting {
             let _ = w.send(res.clone());

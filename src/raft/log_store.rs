@@ -128,6 +128,15 @@ impl LogStore {
         })
     }
 
+    /// The id of the last entry in the log (or the last purged one), for pre-votes.
+    pub fn last_log_id(&self) -> Result<Option<LogId<u64>>, SErr> {
+        let last_purged = self.read_meta::<Option<LogId<u64>>>(KEY_PURGED)?.flatten();
+        match self.inner.storage.last(Cf::RaftLog).map_err(read_err)? {
+            Some((_, v)) => Ok(Some(Self::decode(&v)?.log_id)),
+            None => Ok(last_purged),
+        }
+    }
+
     /// The highest committed index openraft has reported in this run (0 before the first).
     pub fn committed_index(&self) -> u64 {
         self.inner

@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 mod batch;
+mod elect;
 pub mod lease;
 mod log_store;
 pub mod membership;
@@ -80,6 +81,10 @@ pub enum ProposeError {
     /// Applying has fallen far behind committing, or too many proposals wait: push back.
     #[error("too many requests")]
     TooManyRequests,
+    /// This member leads but no quorum has replied within an election timeout (check-quorum):
+    /// the write was pending and may or may not be committed by a later leader.
+    #[error("leader lost its quorum")]
+    QuorumLost,
 }
 
 /// Failures while starting raft.
@@ -115,6 +120,8 @@ pub struct RaftSettings {
     pub max_learners: usize,
     /// `--strict-reconfig-check`.
     pub strict_reconfig_check: bool,
+    /// Pre-vote before campaigning (off: campaign as soon as the election timeout passes).
+    pub pre_vote: bool,
     /// Largest peer message, in bytes.
     pub max_message: usize,
     /// Committed but unapplied entries above which proposals are refused (etcd: 5000).
@@ -181,6 +188,8 @@ pub(crate) struct Shared {
     /// The term and time (before the check began) a quorum last confirmed this leader, for
     /// lease calls.
     lease_confirmed: parking_lot::Mutex<Option<(u64, std::time::Instant)>>,
+    /// Leader contact and quorum, for pre-vote and check-quorum ([`elect`]).
+    liveness: elect::Liveness,
 }
 
 fn forward_err(e: RaftError<u64, ClientWriteError<u64, Member>>, me: u64) -> ProposeError {
@@ -215,6 +224,10 @@ impl Shared {
             let _ = tokio::time::timeout(TRANSFER_HOLD_MAX, rx.wait_for(|t| !*t)).await;
         }
         self.check_apply_backlog()?;
+        if self.liveness.is_quorum_lost() {
+            // A leader without its quorum has stepped down as far as clients can tell.
+            return Err(ProposeError::NoLeader);
+        }
         let size = op.size_hint();
         // One proposal always gets in, however large; more wait only while the queue is small.
         let before = self.queued.fetch_add(size, Ordering::SeqCst);
@@ -354,6 +367,8 @@ impl RaftNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_count.max(1)),
             max_in_snapshot_log_to_keep: 5000.min(settings.snapshot_count),
             max_payload_entries: 1024,
+            // Elections are started by `elect::run` after a pre-vote, not by openraft's timer.
+            enable_elect: false,
             ..Default::default()
         };
         let config = Arc::new(
@@ -373,7 +388,15 @@ impl RaftNode {
         let raft = Raft::new(id, config, network, log, sm.clone())
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        Ok(RaftNode {
+        let (election_timeout, heartbeat_interval) = (
+            Duration::from_millis(election),
+            Duration::from_millis(heartbeat),
+        );
+        let liveness =
+            elect::Liveness::new(election_timeout, heartbeat_interval, settings.pre_vote);
+        let lost_for_writes = liveness.quorum_lost();
+        let lost_for_reads = liveness.quorum_lost();
+        let node = RaftNode {
             shared: Arc::new(Shared {
                 reads: {
                     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -382,6 +405,7 @@ impl RaftNode {
                         id,
                         settings.request_timeout,
                         rx,
+                        lost_for_reads,
                     ));
                     tx
                 },
@@ -393,6 +417,7 @@ impl RaftNode {
                         settings.request_timeout,
                         rx,
                         queued.clone(),
+                        lost_for_writes,
                     ));
                     tx
                 },
@@ -414,8 +439,11 @@ impl RaftNode {
                 leases,
                 lease_forward_timeout: settings.election.max(Duration::from_millis(100)),
                 lease_confirmed: parking_lot::Mutex::new(None),
+                liveness,
             }),
-        })
+        };
+        tokio::spawn(elect::run(Arc::downgrade(&node.shared)));
+        Ok(node)
     }
 
     /// The gRPC service other members call on this one.
@@ -755,13 +783,12 @@ impl RaftNode {
         let m = self.shared.raft.metrics();
         let m = m.borrow();
         if m.state != ServerState::Leader {
-            return m.current_leader;
+            // A follower that has not heard from its leader for an election timeout knows none.
+            return m
+                .current_leader
+                .filter(|_| !self.shared.liveness.leader_silent());
         }
-        let election = self.shared.lease_forward_timeout.as_millis() as u64;
-        match m.millis_since_quorum_ack {
-            Some(ms) if ms > election => None,
-            _ => Some(self.shared.id),
-        }
+        (!self.shared.liveness.is_quorum_lost()).then_some(self.shared.id)
     }
 
     /// Whether this member is the leader.

@@ -76,6 +76,8 @@ const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
 pub struct Peers {
     conns: Mutex<HashMap<u64, (String, PeerClient<Channel>)>>,
     last_ok: Mutex<HashMap<u64, Instant>>,
+    /// When each peer last replied at all (kept through failures, unlike `last_ok`).
+    last_reply: Mutex<HashMap<u64, Instant>>,
     /// Since when each peer has been unreachable (cleared by a successful reply).
     unreachable_since: Mutex<HashMap<u64, Instant>>,
     max_message: usize,
@@ -108,6 +110,7 @@ impl Peers {
         Arc::new(Peers {
             conns: Mutex::new(HashMap::new()),
             last_ok: Mutex::new(HashMap::new()),
+            last_reply: Mutex::new(HashMap::new()),
             unreachable_since: Mutex::new(HashMap::new()),
             max_message,
             removed: tokio::sync::watch::Sender::new(false),
@@ -169,7 +172,9 @@ impl Peers {
 
     /// Records a successful reply from `id`.
     pub fn mark_ok(&self, id: u64) {
-        self.last_ok.lock().insert(id, Instant::now());
+        let now = Instant::now();
+        self.last_ok.lock().insert(id, now);
+        self.last_reply.lock().insert(id, now);
         self.unreachable_since.lock().remove(&id);
     }
 
@@ -209,6 +214,12 @@ impl Peers {
             id,
             msg: format!("{}: {}", status.code(), status.message()),
         }
+    }
+
+    /// When `id` last replied successfully, even if a call to it has failed since (for the
+    /// leader's check-quorum, which a single lost heartbeat must not trip).
+    pub fn last_reply(&self, id: u64) -> Option<Instant> {
+        self.last_reply.lock().get(&id).copied()
     }
 
     /// When `id` last replied successfully.

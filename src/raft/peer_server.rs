@@ -20,7 +20,7 @@ use crate::apply::{Applied, Op};
 use crate::proto::oxcdpeerpb::peer_server::Peer;
 use crate::proto::oxcdpeerpb::{
     CampaignRequest, CampaignResponse, ClusterInfoRequest, HashKvAt, HashKvReply, Payload,
-    ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+    PreVoteRequest, PreVoteResponse, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use crate::types::Member;
 
@@ -139,6 +139,14 @@ impl Peer for PeerService {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(codec)?;
         self.refuse_removed(&rpc.vote)?;
         let res = self.shared.raft.append_entries(rpc).await;
+        if matches!(
+            res,
+            Ok(openraft::raft::AppendEntriesResponse::Success
+                | openraft::raft::AppendEntriesResponse::PartialSuccess(_)
+                | openraft::raft::AppendEntriesResponse::Conflict)
+        ) {
+            self.shared.liveness.leader_contact();
+        }
         Ok(Response::new(encode(&res).map_err(codec)?))
     }
 
@@ -181,8 +189,14 @@ impl Peer for PeerService {
             bytes: 0,
             keep: false,
         };
+        // A snapshot from the current leader is contact with it, chunk by chunk: a long transfer
+        // must not look like a silent leader (which would start a pre-vote).
+        let from_leader = vote >= self.shared.raft.metrics().borrow().vote;
         let mut chunk = first;
         loop {
+            if from_leader {
+                self.shared.liveness.leader_contact();
+            }
             recv.write(&chunk).await?;
             if chunk.done {
                 break;
@@ -220,6 +234,9 @@ impl Peer for PeerService {
             .map_err(|e| Status::internal(e.to_string()))?;
         recv.keep = true;
         let res = self.shared.raft.install_full_snapshot(vote, snapshot).await;
+        if res.as_ref().is_ok_and(|r| r.vote == vote) {
+            self.shared.liveness.leader_contact();
+        }
         // A snapshot the member did not install (an older one, a stale leader) is not needed.
         if let Err(e) = store.unstage(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot drop a snapshot not installed");
@@ -292,6 +309,24 @@ impl Peer for PeerService {
             },
         };
         Ok(Response::new(reply))
+    }
+
+    async fn pre_vote(
+        &self,
+        req: Request<PreVoteRequest>,
+    ) -> Result<Response<PreVoteResponse>, Status> {
+        self.refuse_other_cluster(&req)?;
+        if self
+            .shared
+            .state_machine
+            .was_removed(req.get_ref().candidate)
+        {
+            return Err(Status::failed_precondition(REMOVED_MEMBER));
+        }
+        Ok(Response::new(super::elect::answer(
+            &self.shared,
+            req.get_ref(),
+        )))
     }
 
     async fn campaign(

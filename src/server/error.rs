@@ -234,7 +234,11 @@ impl From<ProposeError> for EtcdError {
             ProposeError::NotLeader(_) => EtcdError::NotLeader,
             ProposeError::Stopped => EtcdError::Stopped,
             ProposeError::TooManyRequests => EtcdError::TooManyRequests,
-            ProposeError::Timeout | ProposeError::LeaderUnreachable(_) => EtcdError::Timeout,
+            // A write pending on a leader that lost its quorum gets etcd's answer for it
+            // (which etcd gives only after its 7 s request timeout).
+            ProposeError::Timeout
+            | ProposeError::LeaderUnreachable(_)
+            | ProposeError::QuorumLost => EtcdError::Timeout,
         }
     }
 }

@@ -158,7 +158,7 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
                 Ok(resp)
             });
         }
-        let Some(call) = Call::start(req.uri().path()) else {
+        let Some((call, span)) = begin_call(req.uri().path()) else {
             let mut grpc = self.grpc.clone();
             return Box::pin(async move {
                 grpc.call(req)
@@ -166,30 +166,7 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
                     .map(|r| r.map(Body::new).into_response())
             });
         };
-        let kind = if call_is_stream(req.uri().path()) {
-            "stream"
-        } else {
-            "unary"
-        };
-        metrics::get()
-            .client_requests
-            .with_label_values(&[kind, crate::ETCD_API_VERSION])
-            .inc();
         let call = Arc::new(parking_lot::Mutex::new(call));
-        let span = if crate::telemetry::tracing_enabled() {
-            let path = req.uri().path().trim_start_matches('/');
-            let (service, method) = path.split_once('/').unwrap_or((path, ""));
-            tracing::info_span!(
-                "grpc.request",
-                otel.name = %path,
-                otel.kind = "server",
-                rpc.system = "grpc",
-                rpc.service = %service,
-                rpc.method = %method,
-            )
-        } else {
-            tracing::Span::none()
-        };
         let req = req.map(|b| Counted::new(b, call.clone(), true));
         let mut grpc = self.grpc.clone();
         Box::pin(tracing::Instrument::instrument(
@@ -209,6 +186,38 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
             span,
         ))
     }
+}
+
+/// Starts measuring a call to the gRPC method at `path` (`/package.Service/Method`), whether it
+/// came over gRPC or through the JSON gateway: counted in `grpc_server_started_total` and
+/// `etcd_server_client_requests_total`, with a `grpc.request` span when tracing is on. `None`
+/// for a path that names no method.
+pub(crate) fn begin_call(path: &str) -> Option<(Call, tracing::Span)> {
+    let call = Call::start(path)?;
+    let kind = if call_is_stream(path) {
+        "stream"
+    } else {
+        "unary"
+    };
+    metrics::get()
+        .client_requests
+        .with_label_values(&[kind, crate::ETCD_API_VERSION])
+        .inc();
+    let span = if crate::telemetry::tracing_enabled() {
+        let path = path.trim_start_matches('/');
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        tracing::info_span!(
+            "grpc.request",
+            otel.name = %path,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+        )
+    } else {
+        tracing::Span::none()
+    };
+    Some((call, span))
 }
 
 fn call_is_stream(path: &str) -> bool {

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::harness::{free_port, oxcd_bin, Kind, Member, MemberSpec};
+use crate::harness::{free_port, oxcd_bin, Kind, Member, MemberSpec, LOCALHOST};
 
 fn run_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(oxcd_bin())
@@ -302,6 +302,8 @@ async fn member_and_cluster_ids_match_etcds() {
     let port = free_port();
     let mut spec = MemberSpec {
         name: "infra0".to_string(),
+        host: LOCALHOST.to_string(),
+        netns: None,
         client_port: free_port(),
         peer_port: port,
         data_dir: dir.path().join("etcd.data"),

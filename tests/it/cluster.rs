@@ -10,7 +10,8 @@ use std::time::Duration;
 use etcd_client::{GetOptions, PutOptions};
 
 use crate::harness::{
-    connect, etcdctl, free_port, wait_until, Cluster, Ctl, Kind, Member, MemberSpec, WAIT,
+    connect, etcdctl, free_port, wait_until, Cluster, Ctl, Kind, Member, MemberSpec, LOCALHOST,
+    WAIT,
 };
 
 /// Waits until every running member has the same HashKV at the same revision; returns the hash.
@@ -569,6 +570,8 @@ async fn members_of_another_cluster_are_refused() {
     // A member of a different cluster (other token) that lists A's peer URL as one of its own.
     let spec = MemberSpec {
         name: "b".to_string(),
+        host: LOCALHOST.to_string(),
+        netns: None,
         client_port: free_port(),
         peer_port: free_port(),
         data_dir: a.dir.path().join("b.data"),
@@ -663,6 +666,8 @@ async fn a_voter_joins_a_one_member_cluster() {
 fn joining_spec(c: &Cluster, name: &str) -> MemberSpec {
     MemberSpec {
         name: name.to_string(),
+        host: LOCALHOST.to_string(),
+        netns: None,
         client_port: free_port(),
         peer_port: free_port(),
         data_dir: c.dir.path().join(format!("{name}.data")),

@@ -103,7 +103,13 @@ fn dump(ep: &str) -> Vec<String> {
         ));
         let v: serde_json::Value = serde_json::from_str(&ttl.stdout).expect("json");
         assert!(v["granted-ttl"].as_i64().is_some(), "{v}");
-        out.push(format!("lease {id} {} {}", v["granted-ttl"], v["keys"]));
+        // etcd lists a lease's keys in no particular order.
+        let mut keys: Vec<String> = v["keys"]
+            .as_array()
+            .map(|a| a.iter().map(|k| k.to_string()).collect())
+            .unwrap_or_default();
+        keys.sort();
+        out.push(format!("lease {id} {} {keys:?}", v["granted-ttl"]));
     }
     for cmd in [
         &["user", "list"][..],
@@ -131,6 +137,20 @@ fn dump(ep: &str) -> Vec<String> {
         .stdout,
     );
     out
+}
+
+/// Asserts two dumps are equal, showing the first difference (shortened) when not.
+fn same_dump(got: &[String], want: &[String]) {
+    let short = |s: &str| s.chars().take(400).collect::<String>();
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g == w,
+            "item {i} differs:\n got: {}\nwant: {}",
+            short(g),
+            short(w)
+        );
+    }
 }
 
 /// The remaining TTL of lease `id`.
@@ -193,7 +213,7 @@ async fn oxcd_backup_restores_into_a_real_etcd() {
     })
     .await;
     let ep = etcd.endpoints();
-    assert!(dump(&ep) == before, "the restored data differs");
+    same_dump(&dump(&ep), &before);
     let left = remaining(&ep, &lease);
     assert!((800..=900).contains(&left), "remaining TTL {left}");
     // etcd carries on from the restored revision.
@@ -255,7 +275,7 @@ async fn etcd_backup_restores_into_oxcd() {
     })
     .await;
     let ep = restored.endpoints();
-    assert!(dump(&ep) == before, "the restored data differs");
+    same_dump(&dump(&ep), &before);
     let left = remaining(&ep, &lease);
     assert!((800..=900).contains(&left), "remaining TTL {left}");
     let put = ok(ctl(&ep, &["put", "new", "1", "-w", "json"]));

@@ -298,14 +298,22 @@ pub enum Kind {
     Etcd,
 }
 
+/// The address members listen on unless they run in a network namespace.
+pub const LOCALHOST: &str = "127.0.0.1";
+
 /// The fixed settings of one member: everything needed to (re)start it.
 #[derive(Debug, Clone)]
 pub struct MemberSpec {
     /// Member name.
     pub name: String,
-    /// Client port on 127.0.0.1.
+    /// The address it listens and advertises on (`127.0.0.1`, or its own address when it runs
+    /// in a network namespace of [`crate::netns::Net`]).
+    pub host: String,
+    /// The network namespace it runs in, if any.
+    pub netns: Option<String>,
+    /// Client port on `host`.
     pub client_port: u16,
-    /// Peer port on 127.0.0.1.
+    /// Peer port on `host`.
     pub peer_port: u16,
     /// Data directory.
     pub data_dir: PathBuf,
@@ -318,14 +326,14 @@ pub struct MemberSpec {
 }
 
 impl MemberSpec {
-    /// The client endpoint, `127.0.0.1:port`.
+    /// The client endpoint, `host:port`.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.host, self.client_port)
     }
 
     /// The peer URL.
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.host, self.peer_port)
     }
 
     /// The command line, with etcd's flags (both servers take the same).
@@ -333,11 +341,8 @@ impl MemberSpec {
         let mut a = vec![
             format!("--name={}", self.name),
             format!("--data-dir={}", self.data_dir.display()),
-            format!("--listen-client-urls=http://127.0.0.1:{}", self.client_port),
-            format!(
-                "--advertise-client-urls=http://127.0.0.1:{}",
-                self.client_port
-            ),
+            format!("--listen-client-urls=http://{}", self.endpoint()),
+            format!("--advertise-client-urls=http://{}", self.endpoint()),
             format!("--listen-peer-urls={}", self.peer_url()),
             format!("--initial-advertise-peer-urls={}", self.peer_url()),
             format!("--initial-cluster={}", self.initial_cluster),
@@ -396,7 +401,16 @@ impl Member {
             .append(true)
             .open(&self.log)
             .expect("open member log");
-        let child = Command::new(bin)
+        let mut cmd = match &self.spec.netns {
+            Some(ns) => {
+                // `ip netns exec` enters the namespace and execs the server: the same process.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .args(self.spec.args())
             .env_remove("ETCD_NAME")
             .stdin(Stdio::null())
@@ -598,12 +612,13 @@ impl Cluster {
         extra: &[&str],
         prepare: impl Fn(&MemberSpec),
     ) -> Cluster {
-        let n = names.len();
         let dir = tempfile::tempdir().expect("tempdir");
         let specs: Vec<MemberSpec> = names
             .iter()
             .map(|name| MemberSpec {
                 name: name.clone(),
+                host: LOCALHOST.to_string(),
+                netns: None,
                 client_port: free_port(),
                 peer_port: free_port(),
                 data_dir: dir.path().join(format!("{name}.data")),
@@ -612,6 +627,37 @@ impl Cluster {
                 extra: extra.iter().map(|s| s.to_string()).collect(),
             })
             .collect();
+        Self::launch(kind, specs, dir, prepare).await
+    }
+
+    /// Starts `n` members of `kind`, member `i` in namespace `i` of `net` on its own address.
+    pub async fn start_in_net(kind: Kind, net: &crate::netns::Net, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let specs: Vec<MemberSpec> = (0..net.len())
+            .map(|i| MemberSpec {
+                name: format!("m{}", i + 1),
+                host: net.addr(i),
+                netns: Some(net.ns(i).to_string()),
+                client_port: 2379,
+                peer_port: 2380,
+                data_dir: dir.path().join(format!("m{}.data", i + 1)),
+                initial_cluster: String::new(),
+                state: "new".to_string(),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect();
+        Self::launch(kind, specs, dir, |_| {}).await
+    }
+
+    /// Fills in the initial cluster, prepares and starts every member, and waits as
+    /// [`Cluster::start_named`] does.
+    async fn launch(
+        kind: Kind,
+        specs: Vec<MemberSpec>,
+        dir: tempfile::TempDir,
+        prepare: impl Fn(&MemberSpec),
+    ) -> Cluster {
+        let n = specs.len();
         let initial: Vec<String> = specs
             .iter()
             .map(|s| format!("{}={}", s.name, s.peer_url()))

@@ -51,7 +51,6 @@ fn flags_are_aliased_dropped_or_refused_by_name() {
         "--enable-v2=false",
         "--backend-batch-limit",
         "10",
-        "--pre-vote=false",
         "--enable-grpc-gateway",
     ])
     .expect("accepted");
@@ -79,11 +78,6 @@ fn flags_are_aliased_dropped_or_refused_by_name() {
     assert_eq!(
         e,
         "--cors=\"https://a.example\" is not supported by oxcd: the gateway answers every origin (etcd's default \"*\")"
-    );
-    let e = args(&["--pre-vote"]).expect_err("refused");
-    assert!(
-        e.starts_with("--pre-vote=\"true\" is not supported by oxcd"),
-        "{e}"
     );
     let e = args(&[
         "--corrupt-check-time=1m",
