@@ -1,10 +1,12 @@
 //! TLS for clients and peers with etcd's flags: certificates from PEM files (or generated with
 //! `--auto-tls`/`--peer-auto-tls`), optional client-certificate verification against a trusted
-//! CA, ALPN for HTTP/2 and HTTP/1.1 on the client port, and the connector peers dial each other
-//! with.
+//! CA and certificate revocation lists, the protocol versions and TLS 1.2 cipher suites of
+//! `--tls-min-version`, `--tls-max-version` and `--cipher-suites`, ALPN for HTTP/2 and HTTP/1.1
+//! on the client port, and the connector peers dial each other with.
 //!
 //! Invariants: with `--client-cert-auth` (or `--peer-client-cert-auth`) a connection without a
-//! certificate signed by the trusted CA never reaches a handler; a peer dialing over TLS verifies
+//! certificate signed by the trusted CA (and not revoked by the CRL file) never reaches a
+//! handler; no version or suite outside the configured ones is ever negotiated; a peer dialing over TLS verifies
 //! the other side against `--peer-trusted-ca-file`, and skips verification only with
 //! `--peer-auto-tls` and no trusted CA, as etcd does.
 
@@ -16,10 +18,13 @@ use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 
+use crate::config::tls_opts::{Protocol, TlsVersion};
 use crate::config::TlsSettings;
 
 /// Failures setting up TLS.
@@ -88,6 +93,45 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// The private key in a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, e))
+}
+
+/// The certificate revocation lists in a PEM file (`--client-crl-file`, `--peer-crl-file`).
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(path, e))?;
+    if crls.is_empty() {
+        return Err(file_err(path, "no certificate revocation list in file"));
+    }
+    Ok(crls)
+}
+
+/// rustls' ring provider with the TLS 1.2 suites `p` allows (TLS 1.3's are always kept).
+fn provider_for(p: &Protocol) -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !p.tls12_suites.is_empty() {
+        provider.cipher_suites.retain(|cs| match cs {
+            rustls::SupportedCipherSuite::Tls13(_) => true,
+            rustls::SupportedCipherSuite::Tls12(_) => {
+                let name = format!("{:?}", cs.suite());
+                p.tls12_suites.contains(&name)
+            }
+        });
+    }
+    Arc::new(provider)
+}
+
+/// The protocol versions between `p`'s minimum and maximum.
+fn versions_for(p: &Protocol) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    let mut v = Vec::new();
+    if p.min <= TlsVersion::Tls12 && p.max >= TlsVersion::Tls12 {
+        v.push(&rustls::version::TLS12);
+    }
+    if p.max >= TlsVersion::Tls13 {
+        v.push(&rustls::version::TLS13);
+    }
+    v
 }
 
 fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
@@ -168,31 +212,28 @@ pub fn server_config(
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let (certs, key) = identity(s, auto_dir, hosts, side)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider_for(&s.protocol);
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let builder = match (&s.trusted_ca_file, s.client_cert_auth) {
-        (Some(ca), true) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        .with_protocol_versions(&versions_for(&s.protocol))?;
+    let builder = match &s.trusted_ca_file {
+        Some(ca) => {
+            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots(ca)?),
                 provider.clone(),
-            )
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            );
+            if let Some(crl) = &s.crl_file {
+                verifier = verifier.with_crls(load_crls(crl)?);
+            }
+            if !s.client_cert_auth {
+                // A client may present a certificate (for its common name); none is required.
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
-        (Some(ca), false) => {
-            // A client may present a certificate (for its common name); none is required.
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots(ca)?),
-                provider.clone(),
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        (None, _) => builder.with_no_client_auth(),
+        None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -292,9 +333,9 @@ pub fn peer_client_config(
     auto_dir: &Path,
     hosts: &[String],
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider_for(&s.protocol);
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+        .with_protocol_versions(&versions_for(&s.protocol))?;
     let builder = match &s.trusted_ca_file {
         Some(ca) => builder.with_root_certificates(roots(ca)?),
         None if s.auto => builder

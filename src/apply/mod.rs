@@ -12,6 +12,7 @@
 //!   keys in one revision, through the same writer, so watchers see the DELETEs.
 
 pub mod alarm;
+pub mod downgrade;
 mod pb;
 
 use crate::auth::{Access, AuthCmd, AuthError, AuthStore, Caller};
@@ -77,6 +78,13 @@ pub enum Op {
     },
     /// Maintenance Alarm ACTIVATE or DEACTIVATE (GET is served locally).
     Alarm(Pb<AlarmRequest>),
+    /// Maintenance Downgrade ENABLE (`enabled`, to `target`, `major.minor.0`) or CANCEL.
+    Downgrade {
+        /// Whether the job is on.
+        enabled: bool,
+        /// The target cluster version (empty on cancel).
+        target: String,
+    },
 }
 
 impl Op {
@@ -95,6 +103,7 @@ impl Op {
             Op::Auth(_) | Op::AuthBy { .. } => 256,
             Op::Guarded { op, .. } => op.size_hint() + 8,
             Op::Alarm(r) => r.0.encoded_len(),
+            Op::Downgrade { target, .. } => target.len() + 8,
         }
     }
 }
@@ -169,6 +178,8 @@ pub enum Applied {
     Checkpointed,
     /// An alarm command applied.
     Alarm(Pb<AlarmResponse>),
+    /// A downgrade job was set or cancelled.
+    Downgrade,
     /// An auth command applied.
     AuthChanged {
         /// The store's (key-value) revision, for the response header.
@@ -253,6 +264,14 @@ fn apply_one(w: &mut Writer<'_>, tables: Tables<'_>, op: &Op) -> Result<Applied,
         return Ok(Applied::Failed(r.into()));
     }
     match op {
+        Op::Downgrade { enabled, target } => {
+            downgrade::DowngradeInfo {
+                target_version: target.clone(),
+                enabled: *enabled,
+            }
+            .write(w.batch_mut());
+            Ok(Applied::Downgrade)
+        }
         Op::Alarm(req) => {
             let r = &req.0;
             let changed = match AlarmAction::try_from(r.action) {

@@ -67,11 +67,6 @@ names! {
     "cors" => Only(&["*"], "the gateway answers every origin (etcd's default \"*\")");
     "host-whitelist" => Only(&["*"], "every Host header is accepted (etcd's default \"*\")");
     "enable-pprof", bool => Only(FALSE, "there are no /debug/pprof endpoints; profile with perf record instead");
-    "cipher-suites" => Only(EMPTY, "TLS uses rustls' default TLS 1.2 and 1.3 cipher suites");
-    "tls-min-version" => Only(&["", "TLS1.2"], "TLS 1.2 is the lowest version served");
-    "tls-max-version" => Only(&["", "TLS1.3"], "TLS 1.3 is the highest version served");
-    "client-crl-file" => Only(EMPTY, "certificate revocation lists are not checked");
-    "peer-crl-file" => Only(EMPTY, "certificate revocation lists are not checked");
     "client-cert-allowed-hostname" => Only(EMPTY, "client certificates are not matched against host names");
     "peer-cert-allowed-cn" => Only(EMPTY, "peer certificates are checked against --peer-trusted-ca-file only");
     "peer-cert-allowed-hostname" => Only(EMPTY, "peer certificates are checked against --peer-trusted-ca-file only");

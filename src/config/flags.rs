@@ -75,6 +75,11 @@ settings_flags! {
     peer_client_cert_auth => "peer-client-cert-auth", "Require peer client certificates signed by --peer-trusted-ca-file (default false).", bare = "true";
     peer_auto_tls => "peer-auto-tls", "Peer TLS with generated self-signed certificates (default false).", bare = "true";
     self_signed_cert_validity => "self-signed-cert-validity", "Validity of the auto-TLS certificates, in years (default 1).";
+    cipher_suites => "cipher-suites", "Comma-separated TLS 1.2 cipher suites (Go's names) for clients and peers; TLS 1.3's are always on (default: every suite rustls offers).";
+    tls_min_version => "tls-min-version", "Lowest TLS version for clients and peers: TLS1.2 or TLS1.3 (default TLS1.2).";
+    tls_max_version => "tls-max-version", "Highest TLS version for clients and peers: TLS1.2 or TLS1.3 (default: no limit, TLS1.3).";
+    client_crl_file => "client-crl-file", "Path to a PEM file of certificate revocation lists: client certificates they revoke are refused.";
+    peer_crl_file => "peer-crl-file", "Path to a PEM file of certificate revocation lists: peer certificates they revoke are refused.";
     experimental_enable_distributed_tracing => "experimental-enable-distributed-tracing", "Export a span per request to an OpenTelemetry collector over OTLP gRPC (default false).", bare = "true";
     experimental_distributed_tracing_address => "experimental-distributed-tracing-address", "The OTLP gRPC collector (default localhost:4317).";
     experimental_distributed_tracing_service_name => "experimental-distributed-tracing-service-name", "The service name on exported spans (default etcd).";

@@ -8,6 +8,7 @@
 mod de;
 pub mod etcd_names;
 mod flags;
+pub mod tls_opts;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -137,6 +138,21 @@ pub struct Config {
     /// `--self-signed-cert-validity` in years.
     #[serde(deserialize_with = "de::u64")]
     pub self_signed_cert_validity: u64,
+    /// `--cipher-suites`, comma-separated.
+    #[serde(deserialize_with = "de::string")]
+    pub cipher_suites: String,
+    /// `--tls-min-version`.
+    #[serde(deserialize_with = "de::string")]
+    pub tls_min_version: String,
+    /// `--tls-max-version`.
+    #[serde(deserialize_with = "de::string")]
+    pub tls_max_version: String,
+    /// `--client-crl-file`.
+    #[serde(deserialize_with = "de::string")]
+    pub client_crl_file: String,
+    /// `--peer-crl-file`.
+    #[serde(deserialize_with = "de::string")]
+    pub peer_crl_file: String,
     /// Comma-separated client URLs advertised to the cluster.
     #[serde(deserialize_with = "de::string")]
     pub advertise_client_urls: String,
@@ -261,6 +277,11 @@ impl Default for Config {
             peer_client_cert_auth: false,
             peer_auto_tls: false,
             self_signed_cert_validity: 1,
+            cipher_suites: String::new(),
+            tls_min_version: String::new(),
+            tls_max_version: String::new(),
+            client_crl_file: String::new(),
+            peer_crl_file: String::new(),
             advertise_client_urls: "http://localhost:2379".to_string(),
             listen_peer_urls: "http://localhost:2380".to_string(),
             initial_advertise_peer_urls: "http://localhost:2380".to_string(),
@@ -479,6 +500,11 @@ impl Config {
             listen_addrs("listen-metrics-urls", &self.listen_metrics_urls)?
         };
         let listen_metrics_tls = https_flags("listen-metrics-urls", &self.listen_metrics_urls)?;
+        let protocol = tls_opts::protocol(
+            &self.cipher_suites,
+            &self.tls_min_version,
+            &self.tls_max_version,
+        )?;
         let client_tls = TlsSettings {
             cert_file: non_empty(&self.cert_file),
             key_file: non_empty(&self.key_file),
@@ -486,6 +512,8 @@ impl Config {
             client_cert_auth: self.client_cert_auth,
             auto: self.auto_tls,
             validity_years: self.self_signed_cert_validity.max(1),
+            crl_file: non_empty(&self.client_crl_file),
+            protocol: protocol.clone(),
         };
         let peer_tls = TlsSettings {
             cert_file: non_empty(&self.peer_cert_file),
@@ -494,6 +522,8 @@ impl Config {
             client_cert_auth: self.peer_client_cert_auth,
             auto: self.peer_auto_tls,
             validity_years: self.self_signed_cert_validity.max(1),
+            crl_file: non_empty(&self.peer_crl_file),
+            protocol,
         };
         for (i, url) in url_list("listen-client-urls", &self.listen_client_urls)?
             .iter()
@@ -833,6 +863,10 @@ pub struct TlsSettings {
     pub auto: bool,
     /// Validity of generated certificates, in years.
     pub validity_years: u64,
+    /// Certificate revocation lists the other side's certificates are checked against (PEM).
+    pub crl_file: Option<PathBuf>,
+    /// Protocol versions and TLS 1.2 cipher suites (the same on both sides).
+    pub protocol: tls_opts::Protocol,
 }
 
 impl TlsSettings {

@@ -4,8 +4,8 @@
 //! long as its request body stays open.
 //!
 //! Invariants: at most one message (plus one received chunk) is buffered, and a message may not
-//! exceed the given bound; a message that is not JSON ends the stream with `Unknown`, as
-//! grpc-gateway's decoding error does; nothing is read before the consumer asks for it.
+//! exceed the given bound; a message that is not JSON yields one `Unknown` error and ends the
+//! stream; nothing is read before the consumer asks for it.
 
 use axum::body::{Body, Bytes};
 use futures::{Stream, StreamExt};

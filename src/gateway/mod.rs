@@ -410,7 +410,8 @@ async fn gateway_method_not_allowed() -> Response {
 
 /// The request messages of a bidirectional stream, read from `body` as they arrive. The first
 /// one is read before the call starts: a body that does not begin with a message fails the
-/// call (as before any answer), a later bad message ends the stream.
+/// call (as before any answer). A later message that does not parse ends the requests, as
+/// grpc-gateway stops sending on a decoding error, while the answers go on.
 async fn inbound_of<T: DeserializeOwned + Send + 'static>(
     s: &Services,
     body: Body,
@@ -422,6 +423,12 @@ async fn inbound_of<T: DeserializeOwned + Send + 'static>(
         Some(Err(e)) => return Err(e),
         None => None,
     };
+    let rest = rest.take_while(|m| {
+        if let Err(e) = m {
+            tracing::debug!(error = %e, "a gateway stream's request did not parse: no more requests");
+        }
+        futures::future::ready(m.is_ok())
+    });
     Ok(futures::stream::iter(first).chain(rest))
 }
 

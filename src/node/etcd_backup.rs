@@ -14,8 +14,8 @@
 //!   (the name to `authpb.User` / `authpb.Role`, the encodings oxcd stores).
 //! - `alarm`: `etcdserverpb.AlarmMember` as the key, an empty value.
 //! - `members` (hex ID to etcd's JSON member), `members_removed` (hex ID to `removed`),
-//!   `cluster` (`clusterVersion`): written for etcd's tools; a restore drops them, as etcd's
-//!   does, since the restored member starts a new cluster.
+//!   `cluster` (`clusterVersion`, and `downgrade` when a downgrade job was ever set): written for
+//!   etcd's tools; a restore drops them, since the restored member starts a new cluster.
 //!
 //! Invariants: an export reads one RocksDB view (with the compaction queue taken under the same
 //! index lock, so rows a compaction has dropped are left out) and streams it into the file; a
@@ -226,6 +226,9 @@ fn write_buckets<W: std::io::Write + std::io::Seek>(
 
     w.bucket(b"cluster")?;
     w.put(b"clusterVersion", CLUSTER_VERSION.as_bytes())?;
+    if let Some(job) = meta_get(view, crate::apply::downgrade::META_DOWNGRADE)? {
+        w.put(b"downgrade", &job)?;
+    }
 
     w.bucket(b"key")?;
     scan_prefix(view, Cf::Kv, b"", |k, v| {

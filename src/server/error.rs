@@ -65,6 +65,21 @@ pub enum EtcdError {
     /// Timed out.
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// A downgrade target that is not a version.
+    #[error("etcdserver: wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
+    /// A downgrade target other than one minor version down.
+    #[error("etcdserver: invalid downgrade target version")]
+    InvalidDowngradeTargetVersion,
+    /// A downgrade job is already on.
+    #[error("etcdserver: cluster has a downgrade job in progress")]
+    DowngradeInProcess,
+    /// Cancel with no downgrade job on.
+    #[error("etcdserver: no inflight downgrade job")]
+    NoInflightDowngrade,
+    /// An unknown action.
+    #[error("etcdserver: unknown method")]
+    UnknownMethod,
     /// Applying is far behind committing (or too many proposals wait).
     #[error("etcdserver: too many requests")]
     TooManyRequests,
@@ -130,11 +145,13 @@ impl EtcdError {
             Corrupt => Code::DataLoss,
             NoLeader | Stopped | Timeout => Code::Unavailable,
             NotLeader | PeerUrlExists | MemberIdExists | TooManyLearners | NotEnoughStarted
-            | NotLearner | LearnerNotReady | LearnerNotSupported | BadLeaderTransferee => {
-                Code::FailedPrecondition
-            }
+            | NotLearner | LearnerNotReady | LearnerNotSupported | BadLeaderTransferee
+            | DowngradeInProcess | NoInflightDowngrade => Code::FailedPrecondition,
             MemberNotFound => Code::NotFound,
-            InvalidArgument(_) => Code::InvalidArgument,
+            InvalidArgument(_) | WrongDowngradeVersionFormat | InvalidDowngradeTargetVersion => {
+                Code::InvalidArgument
+            }
+            UnknownMethod => Code::Unknown,
             Auth(a) => match a {
                 AuthError::UserEmpty
                 | AuthError::RoleEmpty

@@ -334,10 +334,71 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 
+    /// etcd 3.5's Downgrade, checks in etcd's order. VALIDATE changes nothing; ENABLE and
+    /// CANCEL are proposed and answer once applied (etcd 3.5.x applies them but never answers,
+    /// so its clients see a timeout). Every answer carries the cluster version, which a job does
+    /// not change while every member runs this version. Unlike etcd 3.5.1 (which checks no
+    /// permission here), it needs the root role under auth, as etcd 3.5.28 and 3.6 do.
     async fn downgrade(
         &self,
-        _request: Request<DowngradeRequest>,
+        request: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        Err(Status::unimplemented("oxcd: downgrade is not implemented"))
+        use crate::apply::downgrade::{parse_cluster_version, DowngradeInfo, CLUSTER_VERSION};
+        use crate::proto::etcdserverpb::downgrade_request::DowngradeAction;
+        guard::voter_rpc(&self.node, &request)?;
+        maintenance_admin(&self.node, &request).await?;
+        let r = request.into_inner();
+        let action = DowngradeAction::try_from(r.action).map_err(|_| EtcdError::UnknownMethod)?;
+        let version = format!("{}.{}.0", CLUSTER_VERSION.0, CLUSTER_VERSION.1);
+        let propose = |op: Op| async move {
+            match self.node.propose(op).await.map_err(EtcdError::from)? {
+                Applied::Downgrade => Ok(()),
+                Applied::Failed(f) => Err(Status::from(EtcdError::from(f))),
+                other => Err(Status::internal(format!("downgrade applied as {other:?}"))),
+            }
+        };
+        match action {
+            DowngradeAction::Validate | DowngradeAction::Enable => {
+                let target = parse_cluster_version(&r.version)
+                    .ok_or(EtcdError::WrongDowngradeVersionFormat)?;
+                self.node
+                    .linearizable_barrier()
+                    .await
+                    .map_err(EtcdError::from)?;
+                if target != (CLUSTER_VERSION.0, CLUSTER_VERSION.1.saturating_sub(1)) {
+                    return Err(EtcdError::InvalidDowngradeTargetVersion.into());
+                }
+                if DowngradeInfo::read(&self.node.storage).enabled {
+                    return Err(EtcdError::DowngradeInProcess.into());
+                }
+                if action == DowngradeAction::Enable {
+                    propose(Op::Downgrade {
+                        enabled: true,
+                        target: format!("{}.{}.0", target.0, target.1),
+                    })
+                    .await?;
+                    tracing::info!(target = %format!("{}.{}.0", target.0, target.1), "downgrade enabled");
+                }
+            }
+            DowngradeAction::Cancel => {
+                self.node
+                    .linearizable_barrier()
+                    .await
+                    .map_err(EtcdError::from)?;
+                if !DowngradeInfo::read(&self.node.storage).enabled {
+                    return Err(EtcdError::NoInflightDowngrade.into());
+                }
+                propose(Op::Downgrade {
+                    enabled: false,
+                    target: String::new(),
+                })
+                .await?;
+                tracing::info!("downgrade cancelled");
+            }
+        }
+        Ok(Response::new(DowngradeResponse {
+            header: self.header(),
+            version,
+        }))
     }
 }

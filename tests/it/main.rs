@@ -8,6 +8,7 @@ mod chart;
 mod cli;
 mod cluster;
 mod controller;
+mod downgrade;
 mod etcd_backup;
 mod gateway;
 mod harness;

@@ -60,13 +60,13 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn scrape(endpoint: &str) -> BTreeMap<String, f64> {
+pub fn scrape(endpoint: &str) -> BTreeMap<String, f64> {
     let r = get(endpoint, "/metrics");
     assert_eq!(r.status, 200, "{r:?}");
     samples(&r.body)
 }
 
-fn value(m: &BTreeMap<String, f64>, series: &str) -> f64 {
+pub fn value(m: &BTreeMap<String, f64>, series: &str) -> f64 {
     m.get(series).copied().unwrap_or(0.0)
 }
 
@@ -76,7 +76,7 @@ fn grpc(kind: &str, method: &str, service: &str) -> String {
     )
 }
 
-fn handled(method: &str, service: &str, code: &str) -> String {
+pub fn handled(method: &str, service: &str, code: &str) -> String {
     format!(
         "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"{method}\",grpc_service=\"etcdserverpb.{service}\",grpc_type=\"unary\"}}"
     )

@@ -278,3 +278,110 @@ async fn auto_tls_serves_https_with_a_generated_certificate() {
         r#"{"health":"true","reason":""}"#
     );
 }
+
+/// etcd's TLS protocol flags and revocation lists: with `--tls-max-version=TLS1.2` and one
+/// cipher suite, a client offering TLS 1.3 only, or only another suite, fails its handshake while
+/// one offering that suite works; with `--client-crl-file` a client whose certificate the CA
+/// revoked is refused and another client is served.
+#[tokio::test]
+async fn tls_versions_cipher_suites_and_revocation_lists() {
+    use rustls_pki_types::pem::PemObject;
+    let pki = Pki::new();
+    pki.issue("server", "server");
+    pki.issue("alice", "alice");
+    let (mallory, _) = pki.issue("mallory", "mallory");
+    // A CRL from the CA revoking mallory's certificate (by its serial number).
+    let der = rustls_pki_types::CertificateDer::from_pem_file(&mallory).expect("mallory's cert");
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("parse");
+    let serial = rcgen::SerialNumber::from_slice(parsed.raw_serial());
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2024, 1, 1),
+        next_update: rcgen::date_time_ymd(2099, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: serial,
+            revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&rcgen::Issuer::from_params(&pki.ca_params, &pki.ca_key))
+    .expect("sign the CRL");
+    std::fs::write(pki.path("crl.pem"), crl.pem().expect("CRL pem")).expect("write CRL");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (c, p) = (free_port(), free_port());
+    let log = std::fs::File::create(dir.path().join("m.log")).expect("log");
+    let child = Command::new(oxcd_bin())
+        .args([
+            format!("--data-dir={}", s(&dir.path().join("m"))),
+            format!("--listen-client-urls=https://127.0.0.1:{c}"),
+            format!("--advertise-client-urls=https://127.0.0.1:{c}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{p}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"),
+            format!("--initial-cluster=default=http://127.0.0.1:{p}"),
+            format!("--cert-file={}", s(&pki.path("server.pem"))),
+            format!("--key-file={}", s(&pki.path("server.key"))),
+            format!("--trusted-ca-file={}", s(&pki.path("ca.pem"))),
+            "--client-cert-auth".to_string(),
+            format!("--client-crl-file={}", s(&pki.path("crl.pem"))),
+            "--tls-max-version=TLS1.2".to_string(),
+            "--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_string(),
+        ])
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn oxcd");
+    let _procs = Procs(vec![child]);
+    let ep = format!("127.0.0.1:{c}");
+    wait_until("the TLS member to serve", WAIT, || {
+        let ok = tls_ctl(&ep, &pki, Some("alice"), &["endpoint", "health"]).ok;
+        async move { ok }
+    })
+    .await;
+    assert_eq!(
+        tls_ctl(&ep, &pki, Some("alice"), &["put", "k", "v"]).stdout,
+        "OK\n"
+    );
+    let revoked = tls_ctl(&ep, &pki, Some("mallory"), &["put", "k", "x"]);
+    assert!(!revoked.ok, "a revoked certificate is refused: {revoked:?}");
+
+    let curl = |extra: &[&str]| -> String {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", "--cacert"])
+            .arg(pki.path("ca.pem"))
+            .arg("--cert")
+            .arg(pki.path("alice.pem"))
+            .arg("--key")
+            .arg(pki.path("alice.key"))
+            .args(extra)
+            .arg(format!("https://{ep}/health"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let healthy = r#"{"health":"true","reason":""}"#;
+    assert_eq!(curl(&["--tlsv1.2", "--tls-max", "1.2"]), healthy);
+    assert_eq!(
+        curl(&[
+            "--tls-max",
+            "1.2",
+            "--ciphers",
+            "ECDHE-ECDSA-AES128-GCM-SHA256"
+        ]),
+        healthy
+    );
+    assert_eq!(
+        curl(&[
+            "--tls-max",
+            "1.2",
+            "--ciphers",
+            "ECDHE-ECDSA-AES256-GCM-SHA384"
+        ]),
+        "",
+        "a suite outside --cipher-suites"
+    );
+    assert_eq!(curl(&["--tlsv1.3"]), "", "TLS 1.3 above --tls-max-version");
+}
