@@ -1,0 +1,195 @@
+//! Parsing of single settings: URL lists and their schemes, listen addresses, the initial
+//! cluster, Go durations, auto-compaction, the auth token option, and the TLS settings of one
+//! side.
+//!
+//! Invariants: every parser names the flag and the value in its error; none touches the file
+//! system or the network.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{invalid, tls_opts, AutoCompaction, ConfigError};
+
+pub(super) fn url_list(flag: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let url = url::Url::parse(part).map_err(|e| invalid(flag, part, e.to_string()))?;
+        match url.scheme() {
+            "http" | "https" => {}
+            other => {
+                return Err(invalid(
+                    flag,
+                    part,
+                    format!("URL scheme must be http or https, got {other:?}"),
+                ))
+            }
+        }
+        if url.host_str().is_none() || url.port().is_none() {
+            return Err(invalid(flag, part, "URL must have a host and a port"));
+        }
+        out.push(part.to_string());
+    }
+    if out.is_empty() {
+        return Err(invalid(flag, raw, "at least one URL is required"));
+    }
+    Ok(out)
+}
+
+/// Whether each URL of a list is `https`.
+pub(super) fn https_flags(flag: &'static str, raw: &str) -> Result<Vec<bool>, ConfigError> {
+    if raw.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(url_list(flag, raw)?
+        .iter()
+        .map(|u| u.starts_with("https://"))
+        .collect())
+}
+
+pub(super) fn non_empty(s: &str) -> Option<PathBuf> {
+    (!s.trim().is_empty()).then(|| PathBuf::from(s.trim()))
+}
+
+/// TLS settings of one side (clients or peers), with etcd's flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The certificate (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// The CA that signs the other side's certificates (PEM).
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Whether the other side must present a certificate signed by the trusted CA.
+    pub client_cert_auth: bool,
+    /// Generate a self-signed certificate when none is given.
+    pub auto: bool,
+    /// Validity of generated certificates, in years.
+    pub validity_years: u64,
+    /// Certificate revocation lists the other side's certificates are checked against (PEM).
+    pub crl_file: Option<PathBuf>,
+    /// Protocol versions and TLS 1.2 cipher suites (the same on both sides).
+    pub protocol: tls_opts::Protocol,
+}
+
+impl TlsSettings {
+    /// Whether a certificate is given or will be generated.
+    pub fn has_identity(&self) -> bool {
+        (self.cert_file.is_some() && self.key_file.is_some()) || self.auto
+    }
+}
+
+pub(super) fn listen_addrs(flag: &'static str, raw: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut out = Vec::new();
+    for u in url_list(flag, raw)? {
+        let url = url::Url::parse(&u).map_err(|e| invalid(flag, &u, e.to_string()))?;
+        let port = url.port().unwrap_or(0);
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(|c| c == '[' || c == ']');
+        let ip: IpAddr = if host == "localhost" {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            host.parse()
+                .map_err(|_| invalid(flag, &u, format!("expected IP in URL for binding ({u})")))?
+        };
+        out.push(SocketAddr::new(ip, port));
+    }
+    Ok(out)
+}
+
+pub(super) fn parse_initial_cluster(raw: &str) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| invalid("initial-cluster", raw, format!("{part:?} is not name=URL")))?;
+        let url = url_list("initial-cluster", url)?.remove(0);
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url),
+            None => out.push((name.to_string(), vec![url])),
+        }
+    }
+    if out.is_empty() {
+        return Err(invalid("initial-cluster", raw, "no members given"));
+    }
+    Ok(out)
+}
+
+/// Parses durations such as `1h`, `30m`, `1h30m`, `90s`, `500ms`.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = raw.trim().chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() {
+                unit.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let v: f64 = num.parse().ok()?;
+        num.clear();
+        let secs = match unit.as_str() {
+            "h" => v * 3600.0,
+            "m" => v * 60.0,
+            "s" => v,
+            "ms" => v / 1000.0,
+            _ => return None,
+        };
+        total += Duration::from_secs_f64(secs);
+        any = true;
+    }
+    if !num.is_empty() {
+        return None;
+    }
+    any.then_some(total)
+}
+
+pub(super) fn parse_auto_compaction(
+    mode: &str,
+    retention: &str,
+) -> Result<Option<AutoCompaction>, ConfigError> {
+    let retention = retention.trim();
+    match mode {
+        "periodic" => {
+            if let Ok(hours) = retention.parse::<u64>() {
+                return Ok((hours > 0)
+                    .then(|| AutoCompaction::Periodic(Duration::from_secs(hours * 3600))));
+            }
+            match parse_duration(retention) {
+                Some(d) if d.is_zero() => Ok(None),
+                Some(d) => Ok(Some(AutoCompaction::Periodic(d))),
+                None => Err(invalid(
+                    "auto-compaction-retention",
+                    retention,
+                    "expected hours (e.g. 1) or a duration (e.g. 30m)",
+                )),
+            }
+        }
+        "revision" => match retention.parse::<i64>() {
+            Ok(0) => Ok(None),
+            Ok(n) if n > 0 => Ok(Some(AutoCompaction::Revision(n))),
+            _ => Err(invalid(
+                "auto-compaction-retention",
+                retention,
+                "expected a revision count in revision mode",
+            )),
+        },
+        other => Err(invalid(
+            "auto-compaction-mode",
+            other,
+            "valid values are 'periodic' and 'revision'",
+        )),
+    }
+}
+

@@ -1,0 +1,197 @@
+//! What a running member reports about raft: its membership and role, the leader and term (as
+//! etcd's check-quorum sees them), applied and log indexes, and the waits on raft's state
+//! (a leader, a change, the member's removal or stop).
+//!
+//! Invariants: nothing here changes raft state except `shutdown`; every answer is read from
+//! openraft's metrics or this member's liveness at the moment of the call.
+
+use std::time::Duration;
+
+use openraft::ServerState;
+
+use super::{membership, MemberInfo, ProposeError, RaftNode};
+use crate::types::Member;
+
+/// Notifies of changes to raft's state.
+pub struct RaftWatch {
+    rx: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, Member>>,
+}
+
+impl RaftWatch {
+    /// Waits for the next change; `Err` once raft has stopped.
+    pub async fn changed(&mut self) -> Result<(), ProposeError> {
+        self.rx.changed().await.map_err(|_| ProposeError::Stopped)
+    }
+}
+
+impl RaftNode {
+    /// The members of the current configuration.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        membership::members(&self.shared.raft)
+    }
+
+    /// Whether this member has been removed: its removal was applied, or the latest membership
+    /// configuration excludes it after it had been part of the membership.
+    pub fn is_removed(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let id = self.shared.id;
+        if self.shared.state_machine.was_removed(id) {
+            return true;
+        }
+        let m = self
+            .shared
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .clone();
+        if m.membership().get_node(&id).is_some() {
+            self.shared.seen_self.store(true, Ordering::Relaxed);
+            return false;
+        }
+        // Excluded by the latest configuration: removed if it was a member before; a learner
+        // still replaying the log up to its own addition is not.
+        m.log_id().is_some() && self.shared.seen_self.load(Ordering::Relaxed)
+    }
+
+    /// Whether this member is a learner.
+    pub fn is_learner(&self) -> bool {
+        self.members()
+            .iter()
+            .any(|m| m.id == self.shared.id && m.is_learner)
+    }
+
+    /// This member's ID.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// Waits until some member is leader, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ProposeError> {
+        let res = self
+            .shared
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "leader elected")
+            .await;
+        match res {
+            Ok(m) => m.current_leader.ok_or(ProposeError::NoLeader),
+            Err(openraft::metrics::WaitError::Timeout(..)) => Err(ProposeError::NoLeader),
+            Err(openraft::metrics::WaitError::ShuttingDown) => Err(ProposeError::Stopped),
+        }
+    }
+
+    /// The current raft term.
+    pub fn term(&self) -> u64 {
+        self.shared.raft.metrics().borrow().current_term
+    }
+
+    /// The current leader, if known.
+    pub fn leader(&self) -> Option<u64> {
+        self.shared.raft.metrics().borrow().current_leader
+    }
+
+    /// The leader as etcd's CheckQuorum sees it: a leader that has not heard from a quorum for
+    /// an election timeout is cut off (etcd's steps down), so it counts as no leader. Followers
+    /// report the leader they follow. For the gauges and probes operators watch.
+    pub fn known_leader(&self) -> Option<u64> {
+        let m = self.shared.raft.metrics();
+        let m = m.borrow();
+        if m.state != ServerState::Leader {
+            // A follower that has not heard from its leader for an election timeout knows none.
+            return m
+                .current_leader
+                .filter(|_| !self.shared.liveness.leader_silent());
+        }
+        (!self.shared.liveness.is_quorum_lost()).then_some(self.shared.id)
+    }
+
+    /// Whether this member is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.shared.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The index of the last log entry.
+    pub fn last_log_index(&self) -> u64 {
+        self.shared
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0)
+    }
+
+    /// Whether this member leads, and its current term (read together).
+    pub fn leadership(&self) -> (bool, u64) {
+        let m = self.shared.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader, m.current_term)
+    }
+
+    /// On the leader only (never forwarded): confirms leadership with a quorum and waits until
+    /// this member has applied everything committed before, including its own term's first entry.
+    pub async fn leader_barrier(&self) -> Result<(), ProposeError> {
+        let index = self.shared.local_read_index().await?;
+        self.wait_applied(index).await
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.shared
+            .state_machine
+            .applied()
+            .map(|l| l.index)
+            .unwrap_or(0)
+    }
+
+    /// A receiver that changes whenever raft's state (leader, term, log) changes.
+    pub fn leader_changes(&self) -> RaftWatch {
+        RaftWatch {
+            rx: self.shared.raft.metrics(),
+        }
+    }
+
+    /// Resolves when raft stops, with the reason when it stopped on an error.
+    pub async fn stopped(&self) -> Option<String> {
+        let mut rx = self.shared.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow().running_state {
+                return Some(e.to_string());
+            }
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Resolves when this member sees itself removed from the cluster.
+    /// (Its own membership says so, or a peer answered its raft messages that way.)
+    pub async fn removed(&self) {
+        let mut rx = self.shared.raft.metrics();
+        let mut told = self.shared.peers.removed();
+        loop {
+            if self.is_removed() || *told.borrow_and_update() {
+                return;
+            }
+            tokio::select! {
+                r = rx.changed() => {
+                    if r.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                r = told.changed() => {
+                    if r.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops raft.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.shared.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
