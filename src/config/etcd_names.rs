@@ -64,8 +64,6 @@ names! {
     "distributed-tracing-sampling-rate" => Alias("experimental-distributed-tracing-sampling-rate");
 
     // Asks for what oxcd does anyway at etcd's default; anything else is refused.
-    "cors" => Only(&["*"], "the gateway answers every origin (etcd's default \"*\")");
-    "host-whitelist" => Only(&["*"], "every Host header is accepted (etcd's default \"*\")");
     "enable-pprof", bool => Only(FALSE, "there are no /debug/pprof endpoints; profile with perf record instead");
     "client-cert-allowed-hostname" => Only(EMPTY, "client certificates are not matched against host names");
     "peer-cert-allowed-cn" => Only(EMPTY, "peer certificates are checked against --peer-trusted-ca-file only");

@@ -109,6 +109,8 @@ settings_flags! {
     watch_progress_notify_interval => "watch-progress-notify-interval", "Duration of periodic watch progress notifications (default 10m).";
     auth_token => "auth-token", "Auth token: simple (default) or jwt,pub-key=<PEM>,priv-key=<PEM>,sign-method=<RS256|ES256|...>,ttl=<duration>.";
     auth_token_ttl => "auth-token-ttl", "Seconds a simple token lives after its last use (default 300).";
+    cors => "cors", "Comma-separated origins (scheme://host:port) given CORS headers, or * for any (default *).";
+    host_whitelist => "host-whitelist", "Comma-separated Host names accepted by plain-HTTP requests on client URLs, or * for any (default *).";
     bcrypt_cost => "bcrypt-cost", "bcrypt cost of user password hashes, 4 to 31 (default 10).";
     experimental_enable_lease_checkpoint => "experimental-enable-lease-checkpoint", "Checkpoint remaining lease TTLs through the log so they survive a leader change (default false).", bare = "true";
     experimental_lease_checkpoint_interval => "experimental-lease-checkpoint-interval", "How often the leader checkpoints remaining lease TTLs (default 5m).";

@@ -251,6 +251,12 @@ pub struct Config {
     /// Seconds a simple token lives after its last use.
     #[serde(deserialize_with = "de::u64")]
     pub auth_token_ttl: u64,
+    /// `--cors`: `*` or comma-separated origins.
+    #[serde(deserialize_with = "de::string")]
+    pub cors: String,
+    /// `--host-whitelist`: `*` or comma-separated host names.
+    #[serde(deserialize_with = "de::string")]
+    pub host_whitelist: String,
     /// bcrypt cost of password hashes (4 to 31).
     #[serde(deserialize_with = "de::u64")]
     pub bcrypt_cost: u64,
@@ -321,6 +327,8 @@ impl Default for Config {
             bcrypt_cost: 10,
             auth_token: "simple".to_string(),
             auth_token_ttl: 300,
+            cors: "*".to_string(),
+            host_whitelist: "*".to_string(),
         }
     }
 }
@@ -433,6 +441,10 @@ pub struct Settings {
     pub auth_token_ttl: Duration,
     /// JWT tokens (`--auth-token jwt,...`); `None` for simple tokens.
     pub auth_jwt: Option<JwtOptions>,
+    /// Origins given CORS headers; `None` for any (`*`).
+    pub cors: Option<Vec<String>>,
+    /// Host names plain-HTTP requests may name; `None` for any (`*`).
+    pub host_whitelist: Option<Vec<String>>,
 }
 
 impl Config {
@@ -809,6 +821,8 @@ impl Config {
             bcrypt_cost: self.bcrypt_cost as u32,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
             auth_jwt,
+            cors: parse::cors(&self.cors)?,
+            host_whitelist: parse::host_whitelist(&self.host_whitelist),
         })
     }
 }

@@ -193,3 +193,76 @@ pub(super) fn parse_auto_compaction(
     }
 }
 
+
+/// `--cors`: `*` (or nothing) for any origin, else etcd's URL list: each `scheme://host:port`
+/// with scheme http, https, unix or unixs and no path, kept as written (scheme lowercased).
+pub(super) fn cors(raw: &str) -> Result<Option<Vec<String>>, ConfigError> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw == "*" {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for item in raw.split(',').map(str::trim) {
+        let (scheme, rest) = item.split_once("://").unwrap_or(("", item));
+        let scheme = scheme.to_ascii_lowercase();
+        if !["http", "https", "unix", "unixs"].contains(&scheme.as_str()) {
+            return Err(invalid(
+                "cors",
+                item,
+                format!("URL scheme must be http, https, unix, or unixs: {item}"),
+            ));
+        }
+        let (host, port) = rest.rsplit_once(':').unwrap_or((rest, ""));
+        if rest.contains('/') {
+            return Err(invalid(
+                "cors",
+                item,
+                format!("URL must not contain a path: {item}"),
+            ));
+        }
+        if host.is_empty() || port.is_empty() || port.parse::<u16>().is_err() {
+            return Err(invalid(
+                "cors",
+                item,
+                format!("URL address does not have the form \"host:port\": {item}"),
+            ));
+        }
+        out.push(format!("{scheme}://{rest}"));
+    }
+    Ok(Some(out))
+}
+
+/// `--host-whitelist`: `*` (or nothing) for any host, else the names as given (etcd neither
+/// trims nor lowercases them).
+pub(super) fn host_whitelist(raw: &str) -> Option<Vec<String>> {
+    if raw.is_empty() || raw.split(',').any(|h| h == "*") {
+        return None;
+    }
+    Some(raw.split(',').map(str::to_string).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cors_and_host_whitelist_take_etcds_forms() {
+        assert_eq!(cors("*").ok(), Some(None));
+        assert_eq!(
+            cors("HTTP://a.example:8080, https://b:1").ok(),
+            Some(Some(vec![
+                "http://a.example:8080".to_string(),
+                "https://b:1".to_string()
+            ]))
+        );
+        let err = |raw: &str| cors(raw).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err("http://a.example").contains("does not have the form \"host:port\""));
+        assert!(err("http://a.example:80/").contains("must not contain a path"));
+        assert!(err("ftp://a:1").contains("URL scheme must be http, https, unix, or unixs"));
+        assert_eq!(host_whitelist("*"), None);
+        assert_eq!(
+            host_whitelist("a, B"),
+            Some(vec!["a".to_string(), " B".to_string()])
+        );
+    }
+}

@@ -86,39 +86,105 @@ async fn version_handler() -> Response {
 #[derive(Debug, Clone)]
 pub struct ClientCommonName(pub Arc<str>);
 
+/// etcd's access control of HTTP requests on client URLs: `--cors` and `--host-whitelist`
+/// (none on the metrics URLs, which etcd serves without it).
+#[derive(Debug, Clone, Default)]
+pub struct HttpAccess {
+    /// Whether requests go through the access control at all.
+    pub controlled: bool,
+    /// Origins given CORS headers; `None` for any.
+    pub cors: Option<Vec<String>>,
+    /// Host names a plain-HTTP request may name; `None` for any.
+    pub host_whitelist: Option<Vec<String>>,
+}
+
 /// The service behind each client connection: gRPC or HTTP by content type.
 #[derive(Clone)]
 pub struct ClientService {
     grpc: tonic::service::Routes,
     http: Router,
     common_name: Option<Arc<str>>,
+    access: Arc<HttpAccess>,
+    /// Whether the connection is TLS (the host whitelist applies only without).
+    tls: bool,
 }
 
 impl ClientService {
-    /// Serves `grpc` and `http` together.
-    pub fn new(grpc: tonic::service::Routes, http: Router) -> Self {
+    /// Serves `grpc` and `http` together, HTTP under `access`.
+    pub fn new(grpc: tonic::service::Routes, http: Router, access: HttpAccess) -> Self {
         ClientService {
             grpc: grpc.prepare(),
             http,
             common_name: None,
+            access: Arc::new(access),
+            tls: false,
         }
     }
 }
 
-/// etcd's CORS headers for any origin.
-fn add_cors(h: &mut http::HeaderMap) {
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        http::HeaderValue::from_static("accept, content-type, authorization"),
-    );
+/// etcd's CORS headers, for `origin` (`*` for any).
+fn add_cors(h: &mut http::HeaderMap, origin: http::HeaderValue) {
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         http::HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
     );
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        http::HeaderValue::from_static("*"),
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        http::HeaderValue::from_static("accept, content-type, authorization"),
     );
+}
+
+/// The `Access-Control-Allow-Origin` a request gets: `*` when any origin is allowed, its own
+/// `Origin` when that is listed, none otherwise (the request is still served).
+fn cors_origin<B>(access: &HttpAccess, req: &Request<B>) -> Option<http::HeaderValue> {
+    match &access.cors {
+        None => Some(http::HeaderValue::from_static("*")),
+        Some(list) => req
+            .headers()
+            .get(header::ORIGIN)
+            .filter(|o| o.to_str().is_ok_and(|o| list.iter().any(|l| l == o)))
+            .cloned(),
+    }
+}
+
+/// The host a request names (its `Host`, or the HTTP/2 authority), without the port and IPv6
+/// brackets, as etcd's `GetHostname`.
+fn hostname<B>(req: &Request<B>) -> String {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((ip, _)) = rest.split_once(']') {
+            return ip.to_string();
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            h.to_string()
+        }
+        _ => host,
+    }
+}
+
+/// etcd's answer to a plain-HTTP request naming a host off `--host-whitelist`.
+fn host_refused(host: &str) -> Response {
+    let body = format!(
+        "\netcd received your request, but the Host header was unrecognized.\n\nTo fix this, choose one of the following options:\n- Enable TLS, then any HTTPS request will be allowed.\n- Add the hostname you want to use to the whitelist in settings.\n  - e.g. etcd --host-whitelist {host:?}\n\nThis requirement has been added to help prevent \"DNS Rebinding\" attacks (CVE-2018-5702).\n\n"
+    );
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -143,18 +209,38 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
         if let Some(cn) = &self.common_name {
             req.extensions_mut().insert(ClientCommonName(cn.clone()));
         }
+        if !is_grpc(&req) && !self.access.controlled {
+            let mut http = self.http.clone();
+            return Box::pin(async move { http.call(req.map(Body::new)).await });
+        }
         if !is_grpc(&req) {
-            // etcd (with its default `--cors=*`) answers every HTTP request with CORS headers,
-            // and OPTIONS (a preflight) with nothing else.
+            // etcd's access controller: a plain-HTTP request must name a whitelisted host; CORS
+            // headers go on every answer to an allowed origin; OPTIONS (a preflight) gets
+            // nothing else.
+            if !self.tls {
+                if let Some(list) = &self.access.host_whitelist {
+                    let host = hostname(&req);
+                    if !list.contains(&host) {
+                        tracing::warn!(host, "rejecting an HTTP request to prevent DNS rebinding attacks");
+                        let resp = host_refused(&host);
+                        return Box::pin(async move { Ok(resp) });
+                    }
+                }
+            }
+            let origin = cors_origin(&self.access, &req);
             if req.method() == http::Method::OPTIONS {
                 let mut resp = StatusCode::OK.into_response();
-                add_cors(resp.headers_mut());
+                if let Some(o) = origin {
+                    add_cors(resp.headers_mut(), o);
+                }
                 return Box::pin(async move { Ok(resp) });
             }
             let mut http = self.http.clone();
             return Box::pin(async move {
                 let mut resp = http.call(req.map(Body::new)).await?;
-                add_cors(resp.headers_mut());
+                if let Some(o) = origin {
+                    add_cors(resp.headers_mut(), o);
+                }
                 Ok(resp)
             });
         }
@@ -284,6 +370,7 @@ pub async fn serve_listener(
                     let Some(stream) = crate::tls::accept(&acceptor, stream, "client").await else {
                         return;
                     };
+                    svc.tls = true;
                     svc.common_name = stream
                         .get_ref()
                         .1

@@ -141,10 +141,21 @@ pub async fn serve(
             crate::proto::v3electionpb::election_server::ElectionServer::new(services.election),
         )
         .add_service(health);
-    let client = http::ClientService::new(grpc, http::http_routes(node.clone()).merge(gateway));
+    let access = http::HttpAccess {
+        controlled: true,
+        cors: node.settings.cors.clone(),
+        host_whitelist: node.settings.host_whitelist.clone(),
+    };
+    let client = http::ClientService::new(
+        grpc,
+        http::http_routes(node.clone()).merge(gateway),
+        access,
+    );
+    // etcd's metrics listener has no access controller: no CORS headers, no host check.
     let metrics_only = http::ClientService::new(
         tonic::service::Routes::default(),
         http::metrics_routes(node.clone()),
+        http::HttpAccess::default(),
     );
     let settings = &node.settings;
     let needs_tls = settings

@@ -419,3 +419,73 @@ async fn a_gateway_watch_takes_requests_while_its_stream_is_open() {
         "{event}"
     );
 }
+
+/// `curl -i`: the status, the response headers (names lowercased) and the body.
+fn curl_i(url: &str, args: &[&str]) -> (u16, Vec<(String, String)>, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "10"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+fn header_of<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// `--cors` and `--host-whitelist` as etcd applies them, side by side: a plain-HTTP request
+/// naming another host is refused with etcd's 421 and text; a listed origin gets CORS headers
+/// echoing it, another origin none (but is served); a preflight is answered alone.
+#[tokio::test]
+async fn cors_and_host_whitelist_answer_as_etcds() {
+    let flags = [
+        "--cors=http://good.example:8080",
+        "--host-whitelist=127.0.0.1,localhost",
+    ];
+    let etcd = Cluster::start_with(Kind::Etcd, 1, &flags).await;
+    let oxcd = Cluster::start_with(Kind::Oxcd, 1, &flags).await;
+    let mut seen = Vec::new();
+    for ep in [etcd.members[0].endpoint(), oxcd.members[0].endpoint()] {
+        let url = |path: &str| format!("http://{ep}{path}");
+        let (status, h, body) = curl_i(&url("/health"), &["-H", "Host: evil.example:2379"]);
+        assert_eq!(status, 421, "{ep}: {body}");
+        let refused = (header_of(&h, "content-type").map(str::to_string), body);
+        let (status, h, _) = curl_i(&url("/health"), &["-H", "Origin: http://good.example:8080"]);
+        assert_eq!(status, 200);
+        let good = (
+            header_of(&h, "access-control-allow-origin").map(str::to_string),
+            header_of(&h, "access-control-allow-methods").map(str::to_string),
+            header_of(&h, "access-control-allow-headers").map(str::to_string),
+        );
+        let (status, h, _) = curl_i(&url("/health"), &["-H", "Origin: http://bad.example:8080"]);
+        assert_eq!(status, 200);
+        let bad = header_of(&h, "access-control-allow-origin").map(str::to_string);
+        let (status, h, body) = curl_i(
+            &url("/v3/kv/range"),
+            &["-X", "OPTIONS", "-H", "Origin: http://good.example:8080"],
+        );
+        let preflight = (
+            status,
+            header_of(&h, "access-control-allow-origin").map(str::to_string),
+            body,
+        );
+        seen.push((refused, good, bad, preflight));
+    }
+    assert_eq!(seen[1], seen[0], "oxcd (right) against etcd (left)");
+    assert_eq!(seen[0].1 .0.as_deref(), Some("http://good.example:8080"));
+    assert_eq!(seen[0].2, None);
+}

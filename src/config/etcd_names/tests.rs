@@ -47,7 +47,7 @@ fn flags_are_aliased_dropped_or_refused_by_name() {
         "--experimental-watch-progress-notify-interval=5s",
         "--corrupt-check-time",
         "1m",
-        "--cors=*",
+        "--enable-pprof=false",
         "--enable-v2=false",
         "--backend-batch-limit",
         "10",
@@ -74,10 +74,10 @@ fn flags_are_aliased_dropped_or_refused_by_name() {
     assert_eq!(s.watch_progress_notify_interval, Duration::from_secs(5));
     assert_eq!(s.corrupt_check_interval, Some(Duration::from_secs(60)));
 
-    let e = args(&["--cors", "https://a.example"]).expect_err("refused");
+    let e = args(&["--enable-pprof"]).expect_err("refused");
     assert_eq!(
         e,
-        "--cors=\"https://a.example\" is not supported by oxcd: the gateway answers every origin (etcd's default \"*\")"
+        "--enable-pprof=\"true\" is not supported by oxcd: there are no /debug/pprof endpoints; profile with perf record instead"
     );
     let e = args(&[
         "--corrupt-check-time=1m",
@@ -89,8 +89,8 @@ fn flags_are_aliased_dropped_or_refused_by_name() {
         "cannot set --experimental-corrupt-check-time and --corrupt-check-time at the same time, please use --corrupt-check-time only"
     );
     // A subcommand's own flags are left to it.
-    let (out, _) = args(&["snapshot", "status", "--cors=x"]).expect("untouched");
-    assert_eq!(out, ["snapshot", "status", "--cors=x"]);
+    let (out, _) = args(&["snapshot", "status", "--proxy=on"]).expect("untouched");
+    assert_eq!(out, ["snapshot", "status", "--proxy=on"]);
     use std::time::Duration;
 }
 
