@@ -19,13 +19,13 @@ use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use flags::{
+    translate_args, ClientFlags, Command, EndpointCommand, Flags, SnapshotCommand, SETTINGS,
+};
 use parse::{
     https_flags, listen_addrs, non_empty, parse_auto_compaction, parse_initial_cluster, url_list,
 };
 pub use parse::{parse_duration, TlsSettings};
-pub use flags::{
-    translate_args, ClientFlags, Command, EndpointCommand, Flags, SnapshotCommand, SETTINGS,
-};
 
 /// A configuration error; the process prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -371,6 +371,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Client listen addresses.
     pub listen_client: Vec<SocketAddr>,
+    /// Client unix sockets (`unix://host:port` URLs: a file named `host:port` in the working
+    /// directory, as etcd's).
+    pub listen_client_unix: Vec<PathBuf>,
     /// Extra listen addresses for `/metrics` and the health endpoints.
     pub listen_metrics: Vec<SocketAddr>,
     /// Which client listen addresses speak TLS (`https` URLs), by index of `listen_client`.
@@ -509,8 +512,17 @@ impl Config {
         } else {
             PathBuf::from(&self.data_dir)
         };
-        let listen_client = listen_addrs("listen-client-urls", &self.listen_client_urls)?;
-        let listen_client_tls = https_flags("listen-client-urls", &self.listen_client_urls)?;
+        let (listen_client_unix, tcp_client_urls) =
+            parse::split_unix("listen-client-urls", &self.listen_client_urls)?;
+        let (listen_client, listen_client_tls) =
+            if tcp_client_urls.is_empty() && !listen_client_unix.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                (
+                    listen_addrs("listen-client-urls", &tcp_client_urls)?,
+                    https_flags("listen-client-urls", &tcp_client_urls)?,
+                )
+            };
         let listen_metrics = if self.listen_metrics_urls.trim().is_empty() {
             Vec::new()
         } else {
@@ -542,7 +554,8 @@ impl Config {
             crl_file: non_empty(&self.peer_crl_file),
             protocol,
         };
-        for (i, url) in url_list("listen-client-urls", &self.listen_client_urls)?
+        for (i, url) in url_list("listen-client-urls", &tcp_client_urls)
+            .unwrap_or_default()
             .iter()
             .enumerate()
         {
@@ -781,6 +794,7 @@ impl Config {
             name: self.name.clone(),
             data_dir,
             listen_client,
+            listen_client_unix,
             listen_metrics,
             listen_client_tls,
             listen_metrics_tls,

@@ -193,6 +193,46 @@ pub(super) fn parse_auto_compaction(
     }
 }
 
+/// Splits a listen URL list into etcd's `unix://host:port` sockets (the file `host:port`, in
+/// the working directory) and the other URLs, joined again with commas.
+pub(super) fn split_unix(
+    flag: &'static str,
+    raw: &str,
+) -> Result<(Vec<PathBuf>, String), ConfigError> {
+    let mut unix = Vec::new();
+    let mut rest = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some(addr) = part.strip_prefix("unix://") {
+            let ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && !p.is_empty() && !p.contains('/'));
+            if addr.contains('/') {
+                return Err(invalid(
+                    flag,
+                    part,
+                    format!("URL must not contain a path: {part}"),
+                ));
+            }
+            if !ok {
+                return Err(invalid(
+                    flag,
+                    part,
+                    format!("URL address does not have the form \"host:port\": {part}"),
+                ));
+            }
+            unix.push(PathBuf::from(addr));
+        } else if part.starts_with("unixs://") {
+            return Err(invalid(
+                flag,
+                part,
+                format!("--{flag}=\"{part}\" is not supported by oxcd: TLS over a unix socket is not served; use unix:// or https://"),
+            ));
+        } else {
+            rest.push(part);
+        }
+    }
+    Ok((unix, rest.join(",")))
+}
 
 /// `--cors`: `*` (or nothing) for any origin, else etcd's URL list: each `scheme://host:port`
 /// with scheme http, https, unix or unixs and no path, kept as written (scheme lowercased).
@@ -259,6 +299,12 @@ mod tests {
         assert!(err("http://a.example").contains("does not have the form \"host:port\""));
         assert!(err("http://a.example:80/").contains("must not contain a path"));
         assert!(err("ftp://a:1").contains("URL scheme must be http, https, unix, or unixs"));
+        let (unix, rest) = split_unix("listen-client-urls", "http://a:1, unix://localhost:2379")
+            .unwrap_or_default();
+        assert_eq!(unix, [PathBuf::from("localhost:2379")]);
+        assert_eq!(rest, "http://a:1");
+        assert!(split_unix("listen-client-urls", "unix:///tmp/x.sock").is_err());
+        assert!(split_unix("listen-client-urls", "unixs://localhost:1").is_err());
         assert_eq!(host_whitelist("*"), None);
         assert_eq!(
             host_whitelist("a, B"),

@@ -19,9 +19,9 @@ mod log_store;
 pub mod membership;
 mod peer;
 mod peer_server;
-mod status;
 pub mod snapshot_store;
 mod state_machine;
+mod status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,10 +36,10 @@ pub use membership::{MemberInfo, MembershipError, MembershipOp, MembershipResult
 pub use peer::{PeerError, PeerNetwork, Peers};
 pub use peer_server::PeerService;
 pub use state_machine::StateMachine;
-pub use status::RaftWatch;
 pub use state_machine::{
     ClusterFacts, CLUSTER_META_KEYS, KEY_APPLIED, KEY_MEMBERSHIP, KEY_REMOVED,
 };
+pub use status::RaftWatch;
 
 use crate::apply::{Applied, Op};
 use crate::auth::AuthStore;

@@ -221,7 +221,10 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
                 if let Some(list) = &self.access.host_whitelist {
                     let host = hostname(&req);
                     if !list.contains(&host) {
-                        tracing::warn!(host, "rejecting an HTTP request to prevent DNS rebinding attacks");
+                        tracing::warn!(
+                            host,
+                            "rejecting an HTTP request to prevent DNS rebinding attacks"
+                        );
                         let resp = host_refused(&host);
                         return Box::pin(async move { Ok(resp) });
                     }
@@ -390,5 +393,50 @@ pub async fn serve_listener(
         .is_err()
     {
         tracing::debug!("client connections still open after the grace period; closing them");
+    }
+}
+
+/// Accepts connections on the unix socket `listener` (etcd's `unix://host:port` client URLs) and
+/// serves `svc` on each until `stop` resolves; then removes the socket file at `path`, as etcd
+/// does when it closes the listener.
+pub async fn serve_unix_listener(
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+    svc: ClientService,
+    stop: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(None::<u32>);
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a unix socket connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let builder = builder.clone();
+                let svc = svc.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move { serve_io(&builder, stream, svc, watcher).await });
+            }
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    if let Err(e) = std::fs::remove_file(&path) {
+        tracing::debug!(path = %path.display(), error = %e, "removing the unix socket");
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("unix socket connections still open after the grace period; closing them");
     }
 }

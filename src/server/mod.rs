@@ -48,6 +48,38 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A unix socket could not be bound.
+    #[error("listen on unix socket {path}: {source}")]
+    BindUnix {
+        /// The socket's path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the unix sockets of `unix://` client URLs: a file named after the URL's host and port
+/// in the working directory, whatever was there removed first (as etcd does).
+pub fn bind_unix(
+    paths: &[std::path::PathBuf],
+) -> Result<Vec<(tokio::net::UnixListener, std::path::PathBuf)>, ServeError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let err = |source| ServeError::BindUnix {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        out.push((
+            tokio::net::UnixListener::bind(path).map_err(err)?,
+            path.clone(),
+        ));
+    }
+    Ok(out)
 }
 
 /// One instance of each service, shared by gRPC and the JSON gateway (the auth service keeps the
@@ -146,11 +178,8 @@ pub async fn serve(
         cors: node.settings.cors.clone(),
         host_whitelist: node.settings.host_whitelist.clone(),
     };
-    let client = http::ClientService::new(
-        grpc,
-        http::http_routes(node.clone()).merge(gateway),
-        access,
-    );
+    let client =
+        http::ClientService::new(grpc, http::http_routes(node.clone()).merge(gateway), access);
     // etcd's metrics listener has no access controller: no CORS headers, no host check.
     let metrics_only = http::ClientService::new(
         tonic::service::Routes::default(),
@@ -195,6 +224,17 @@ pub async fn serve(
             metrics_only.clone(),
             tls_for(&settings.listen_metrics_tls, i),
         ));
+    }
+    for (l, path) in bind_unix(&settings.listen_client_unix)? {
+        let mut rx = tx.subscribe();
+        servers.push(tokio::spawn(http::serve_unix_listener(
+            l,
+            path,
+            client.clone(),
+            async move {
+                let _ = rx.recv().await;
+            },
+        )));
     }
     for (l, svc, tls) in all {
         let mut rx = tx.subscribe();

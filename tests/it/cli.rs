@@ -327,3 +327,64 @@ async fn member_and_cluster_ids_match_etcds() {
     assert_eq!(got.member_id(), want_member, "member ID");
     assert_eq!(got.cluster_id(), want_cluster, "cluster ID");
 }
+
+/// A `unix://host:port` client URL serves the client API on a socket file named `host:port` in
+/// the working directory, as etcd's: etcdctl reaches both servers through it (from that
+/// directory), and oxcd removes the socket when it stops.
+#[tokio::test]
+async fn unix_socket_client_urls_serve_as_etcds() {
+    use crate::harness::{etcd_bin, etcdctl_bin, wait_until, WAIT};
+    for kind in [Kind::Etcd, Kind::Oxcd] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (c, p, u) = (free_port(), free_port(), free_port());
+        let bin = match kind {
+            Kind::Etcd => etcd_bin(),
+            Kind::Oxcd => oxcd_bin(),
+        };
+        let log = std::fs::File::create(dir.path().join("m.log")).expect("log");
+        let mut child = Command::new(bin)
+            .current_dir(dir.path())
+            .args([
+                "--data-dir=m".to_string(),
+                format!("--listen-client-urls=http://127.0.0.1:{c},unix://localhost:{u}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{c}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{p}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"),
+                format!("--initial-cluster=default=http://127.0.0.1:{p}"),
+            ])
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn the server");
+        let ctl = |args: &[&str]| -> crate::harness::Ctl {
+            Command::new(etcdctl_bin())
+                .current_dir(dir.path())
+                .arg(format!("--endpoints=unix://localhost:{u}"))
+                .arg("--dial-timeout=3s")
+                .args(args)
+                .output()
+                .expect("run etcdctl")
+                .into()
+        };
+        wait_until("the unix socket to serve", WAIT, || {
+            let ok = ctl(&["put", "k", "v"]).ok;
+            async move { ok }
+        })
+        .await;
+        assert_eq!(
+            ctl(&["get", "k", "--print-value-only"]).stdout,
+            "v\n",
+            "{kind:?}"
+        );
+        let socket = dir.path().join(format!("localhost:{u}"));
+        assert!(
+            socket.exists(),
+            "{kind:?}: the socket is a file named host:port"
+        );
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let _ = child.wait();
+        if kind == Kind::Oxcd {
+            assert!(!socket.exists(), "oxcd removes its socket when it stops");
+        }
+    }
+}
