@@ -52,8 +52,13 @@ fn bad_flags_exit_nonzero_without_touching_the_data_dir() {
         ),
         (
             &["--cors=https://a.example"],
-            "--cors=\"https://a.example\" is not supported by oxcd",
+            "URL address does not have the form \"host:port\": https://a.example",
         ),
+        (
+            &["--tls-min-version=TLS1.4"],
+            "unexpected TLS version \"TLS1.4\"",
+        ),
+        (&["--enable-pprof"], "--enable-pprof=\"true\" is not supported by oxcd"),
         (
             &["--force-new-cluster"],
             "--force-new-cluster=\"true\" is not supported by oxcd",
