@@ -84,12 +84,14 @@ impl Liveness {
             .is_some_and(|t| t.elapsed() < lease)
     }
 
-    /// Whether a follower has gone an election timeout without hearing from a leader (etcd's
-    /// follower then campaigns, or tries to, and knows no leader meanwhile).
+    /// Whether a follower has gone two election timeouts without hearing from a leader (etcd's
+    /// follower campaigns, or tries to, within `[1, 2)` timeouts and knows no leader meanwhile;
+    /// the longest of those keeps a follower on a busy machine from reporting a live leader
+    /// gone).
     pub(crate) fn leader_silent(&self) -> bool {
         self.last_leader_contact
             .lock()
-            .is_none_or(|t| t.elapsed() >= self.election)
+            .is_none_or(|t| t.elapsed() >= self.election * 2)
     }
 
     /// A receiver that is true while this member leads without a quorum.

@@ -28,7 +28,8 @@ impl ClusterService {
     }
 
     fn header(&self) -> Option<crate::proto::etcdserverpb::ResponseHeader> {
-        Some(self.node.header(self.node.mvcc.current_revision()))
+        // etcd's cluster service fills cluster ID, member ID and term only: no revision.
+        Some(self.node.header(0))
     }
 }
 

@@ -58,7 +58,10 @@ fn bad_flags_exit_nonzero_without_touching_the_data_dir() {
             &["--tls-min-version=TLS1.4"],
             "unexpected TLS version \"TLS1.4\"",
         ),
-        (&["--enable-pprof"], "--enable-pprof=\"true\" is not supported by oxcd"),
+        (
+            &["--enable-pprof"],
+            "--enable-pprof=\"true\" is not supported by oxcd",
+        ),
         (
             &["--force-new-cluster"],
             "--force-new-cluster=\"true\" is not supported by oxcd",

@@ -26,6 +26,7 @@ mod partition;
 mod persistence;
 mod pods;
 mod raft_snapshot;
+mod rpc_diff;
 mod scale;
 mod snapshot;
 mod tls;
