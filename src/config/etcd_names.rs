@@ -64,7 +64,6 @@ names! {
     "distributed-tracing-sampling-rate" => Alias("experimental-distributed-tracing-sampling-rate");
 
     // Asks for what oxcd does anyway at etcd's default; anything else is refused.
-    "enable-pprof", bool => Only(FALSE, "there are no /debug/pprof endpoints; profile with perf record instead");
     "client-cert-allowed-hostname" => Only(EMPTY, "client certificates are not matched against host names");
     "peer-cert-allowed-cn" => Only(EMPTY, "peer certificates are checked against --peer-trusted-ca-file only");
     "peer-cert-allowed-hostname" => Only(EMPTY, "peer certificates are checked against --peer-trusted-ca-file only");

@@ -115,6 +115,7 @@ settings_flags! {
     experimental_enable_lease_checkpoint => "experimental-enable-lease-checkpoint", "Checkpoint remaining lease TTLs through the log so they survive a leader change (default false).", bare = "true";
     experimental_lease_checkpoint_interval => "experimental-lease-checkpoint-interval", "How often the leader checkpoints remaining lease TTLs (default 5m).";
     max_apply_backlog => "max-apply-backlog", "oxcd: refuse new proposals with 'etcdserver: too many requests' while more than this many committed raft entries wait to be applied (default 5000, etcd's fixed gap).";
+    enable_pprof => "enable-pprof", "Serve CPU profiles at /debug/pprof/profile on client URLs, in pprof's format (default false; also on with --log-level=debug).", bare = "true";
     experimental_compaction_batch_limit => "experimental-compaction-batch-limit", "Most stored revisions a compaction deletes in one write; 0 deletes them all in one (default 1000).";
     experimental_corrupt_check_time => "experimental-corrupt-check-time", "How often the leader compares every member's key-value hash and raises CORRUPT on a mismatch (default 0s: never).";
     feature_gates => "feature-gates", "etcd 3.6's feature gates, Name=true,...: InitialCorruptCheck and LeaseCheckpoint turn on what their experimental flags do; LeaseCheckpointPersist and TxnModeWriteWithSharedBuffer are accepted; others are refused when on (default none).";

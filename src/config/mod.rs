@@ -251,6 +251,9 @@ pub struct Config {
     /// Seconds a simple token lives after its last use.
     #[serde(deserialize_with = "de::u64")]
     pub auth_token_ttl: u64,
+    /// `--enable-pprof`.
+    #[serde(deserialize_with = "de::boolean")]
+    pub enable_pprof: bool,
     /// `--cors`: `*` or comma-separated origins.
     #[serde(deserialize_with = "de::string")]
     pub cors: String,
@@ -327,6 +330,7 @@ impl Default for Config {
             bcrypt_cost: 10,
             auth_token: "simple".to_string(),
             auth_token_ttl: 300,
+            enable_pprof: false,
             cors: "*".to_string(),
             host_whitelist: "*".to_string(),
         }
@@ -444,6 +448,8 @@ pub struct Settings {
     pub auth_token_ttl: Duration,
     /// JWT tokens (`--auth-token jwt,...`); `None` for simple tokens.
     pub auth_jwt: Option<JwtOptions>,
+    /// Serve CPU profiles at `/debug/pprof/` (`--enable-pprof`, or `--log-level=debug`).
+    pub enable_pprof: bool,
     /// Origins given CORS headers; `None` for any (`*`).
     pub cors: Option<Vec<String>>,
     /// Host names plain-HTTP requests may name; `None` for any (`*`).
@@ -835,6 +841,7 @@ impl Config {
             bcrypt_cost: self.bcrypt_cost as u32,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
             auth_jwt,
+            enable_pprof: self.enable_pprof || self.log_level.eq_ignore_ascii_case("debug"),
             cors: parse::cors(&self.cors)?,
             host_whitelist: parse::host_whitelist(&self.host_whitelist),
         })

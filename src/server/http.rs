@@ -35,12 +35,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// The HTTP routes served beside gRPC (the JSON gateway's are merged in by the caller).
 pub fn http_routes(node: Arc<Node>) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/version", get(version_handler))
-        .merge(crate::health::routes())
-        .fallback(not_found)
-        .with_state(node)
+        .merge(crate::health::routes());
+    if node.settings.enable_pprof {
+        r = r.merge(super::pprof::routes());
+    }
+    r.fallback(not_found).with_state(node)
 }
 
 /// The routes of `--listen-metrics-urls`: `/metrics` and the health endpoints only.

@@ -16,6 +16,7 @@ pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+mod pprof;
 pub mod recipe;
 pub mod validate;
 pub mod watch;

@@ -59,8 +59,8 @@ fn bad_flags_exit_nonzero_without_touching_the_data_dir() {
             "unexpected TLS version \"TLS1.4\"",
         ),
         (
-            &["--enable-pprof"],
-            "--enable-pprof=\"true\" is not supported by oxcd",
+            &["--unsafe-no-fsync"],
+            "--unsafe-no-fsync=\"true\" is not supported by oxcd",
         ),
         (
             &["--force-new-cluster"],
@@ -91,12 +91,12 @@ fn bad_flags_exit_nonzero_without_touching_the_data_dir() {
     assert!(!dir.path().join("default.oxcd").exists());
     let out = Command::new(oxcd_bin())
         .current_dir(dir.path())
-        .env("ETCD_ENABLE_PPROF", "true")
+        .env("ETCD_UNSAFE_NO_FSYNC", "true")
         .output()
         .expect("run oxcd");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("ETCD_ENABLE_PPROF=\"true\" is not supported by oxcd"));
+        .contains("ETCD_UNSAFE_NO_FSYNC=\"true\" is not supported by oxcd"));
     assert!(!dir.path().join("default.oxcd").exists());
 }
 

@@ -711,3 +711,61 @@ async fn move_leader_and_defragment_headers_match_etcd() {
         "(MoveLeader, Defragment) header presence: oxcd vs etcd"
     );
 }
+
+/// `--enable-pprof`: a CPU profile taken while the member serves writes comes back as a gzipped
+/// pprof `profile.proto` with CPU samples (what `go tool pprof` reads); Go's other profiles are
+/// unknown here; without the flag nothing is served under `/debug/pprof/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pprof_serves_cpu_profiles_only_when_enabled() {
+    use pprof::protos::Message;
+    use std::io::Read;
+    let c = Cluster::start_with(Kind::Oxcd, 1, &["--enable-pprof"]).await;
+    let ep = c.members[0].endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("profile.pb.gz");
+    let url = format!("http://{ep}/debug/pprof/profile?seconds=2");
+    let out = file.clone();
+    let fetch = std::thread::spawn(move || {
+        std::process::Command::new("curl")
+            .args(["-s", "--max-time", "30", "-o"])
+            .arg(&out)
+            .arg(&url)
+            .status()
+            .expect("curl")
+    });
+    // Load meanwhile, so the profile has samples.
+    let mut kv = c.client().await;
+    let start = std::time::Instant::now();
+    let mut i = 0u32;
+    while start.elapsed() < std::time::Duration::from_secs(2) {
+        kv.put(format!("p{}", i % 100), "v".repeat(100), None)
+            .await
+            .expect("put");
+        i += 1;
+    }
+    assert!(fetch.join().expect("curl thread").success());
+    let gz = std::fs::read(&file).expect("the profile");
+    assert_eq!(&gz[..2], &[0x1f, 0x8b], "gzipped");
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut raw)
+        .expect("gunzip");
+    let profile = pprof::protos::Profile::decode(&raw[..]).expect("a profile.proto");
+    assert!(
+        !profile.sample.is_empty(),
+        "CPU samples while serving {i} puts"
+    );
+    let heap = get(&ep, "/debug/pprof/heap");
+    assert_eq!(
+        (heap.status, heap.body.as_str()),
+        (404, "Unknown profile\n")
+    );
+    let cmdline = get(&ep, "/debug/pprof/cmdline");
+    assert!(cmdline.body.contains("--enable-pprof"), "{cmdline:?}");
+
+    let plain = Cluster::start(1).await;
+    assert_eq!(
+        get(&plain.members[0].endpoint(), "/debug/pprof/profile").status,
+        404
+    );
+}

@@ -47,7 +47,7 @@ fn flags_are_aliased_dropped_or_refused_by_name() {
         "--experimental-watch-progress-notify-interval=5s",
         "--corrupt-check-time",
         "1m",
-        "--enable-pprof=false",
+        "--unsafe-no-fsync=false",
         "--enable-v2=false",
         "--backend-batch-limit",
         "10",
@@ -74,10 +74,10 @@ fn flags_are_aliased_dropped_or_refused_by_name() {
     assert_eq!(s.watch_progress_notify_interval, Duration::from_secs(5));
     assert_eq!(s.corrupt_check_interval, Some(Duration::from_secs(60)));
 
-    let e = args(&["--enable-pprof"]).expect_err("refused");
+    let e = args(&["--unsafe-no-fsync"]).expect_err("refused");
     assert_eq!(
         e,
-        "--enable-pprof=\"true\" is not supported by oxcd: there are no /debug/pprof endpoints; profile with perf record instead"
+        "--unsafe-no-fsync=\"true\" is not supported by oxcd: every log append is fsynced"
     );
     let e = args(&[
         "--corrupt-check-time=1m",
@@ -103,9 +103,9 @@ fn environment_names_are_checked() {
         )
     };
     assert_eq!(vars(&[("ETCD_NAME", "x"), ("ETCD_CORS", "*")]), Ok(vec![]));
-    let e = vars(&[("ETCD_ENABLE_PPROF", "true")]).expect_err("refused");
+    let e = vars(&[("ETCD_UNSAFE_NO_FSYNC", "true")]).expect_err("refused");
     assert!(
-        e.starts_with("ETCD_ENABLE_PPROF=\"true\" is not supported by oxcd"),
+        e.starts_with("ETCD_UNSAFE_NO_FSYNC=\"true\" is not supported by oxcd"),
         "{e}"
     );
     let n = vars(&[
