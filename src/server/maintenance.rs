@@ -313,18 +313,28 @@ impl Maintenance for MaintenanceService {
                 .await
                 .map_err(|_| EtcdError::BadLeaderTransferee)?;
             let mut metrics = raft.leader_changes();
+            // A campaign can lose to the members' leader lease (openraft refuses votes for a
+            // while after an election); the transferee is asked again every election timeout
+            // until it leads or the deadline passes.
+            let election = self.node.settings.election;
+            let mut next_ask = tokio::time::Instant::now() + election;
             while raft.leader() != Some(target) {
-                if held.is_some()
-                    && (!raft.is_leader() || tokio::time::Instant::now() >= held_until)
-                {
+                let now = tokio::time::Instant::now();
+                if held.is_some() && (!raft.is_leader() || now >= held_until) {
                     held = None;
                 }
+                if now >= next_ask {
+                    next_ask = now + election;
+                    if let Err(e) = raft.ask_to_campaign(target).await {
+                        tracing::debug!(error = %e, "asking the transferee to campaign again");
+                    }
+                }
                 // While proposals are held, wake in time to release them (held_until comes
-                // before the deadline).
-                let wake = if held.is_some() { held_until } else { deadline };
+                // before the deadline), and in time to ask again.
+                let wake = if held.is_some() { held_until } else { deadline }.min(next_ask);
                 match tokio::time::timeout_at(wake, metrics.changed()).await {
                     Ok(Ok(())) => {}
-                    Err(_) if held.is_some() => {}
+                    Err(_) if tokio::time::Instant::now() < deadline => {}
                     Ok(Err(_)) | Err(_) => return Err(EtcdError::Timeout.into()),
                 }
             }
