@@ -123,14 +123,17 @@ async fn write(
     op: Op,
 ) -> Result<Applied, ProposeError> {
     // A leader that loses its quorum fails its pending writes at once (check-quorum) instead of
-    // letting them time out; such a write may still be committed by a later leader.
+    // letting them time out; such a write may still be committed by a later leader. (The flag
+    // is a leader's: a member that is not leading when the write starts ignores it, as it may
+    // not have been cleared yet.)
+    let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
     tokio::select! {
         res = tokio::time::timeout(timeout, raft.client_write(op)) => match res {
             Err(_) => Err(ProposeError::Timeout),
             Ok(Ok(resp)) => Ok(resp.data),
             Ok(Err(e)) => Err(forward_err(e, me)),
         },
-        () = quorum_lost(lost) => Err(ProposeError::QuorumLost),
+        () = quorum_lost(lost), if leading => Err(ProposeError::QuorumLost),
     }
 }
 
@@ -153,13 +156,14 @@ pub(super) async fn run_reads(
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
+        let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
         let res = tokio::select! {
             res = tokio::time::timeout(timeout, raft.get_read_log_id()) => match res {
                 Err(_) => Err(ProposeError::Timeout),
                 Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
                 Ok(Err(e)) => Err(super::leader_err(e, me)),
             },
-            () = quorum_lost(lost.clone()) => Err(ProposeError::QuorumLost),
+            () = quorum_lost(lost.clone()), if leading => Err(ProposeError::QuorumLost),
         };
         for w in waiting {
             let _ = w.send(res.clone());

@@ -226,7 +226,9 @@ impl Shared {
             let _ = tokio::time::timeout(TRANSFER_HOLD_MAX, rx.wait_for(|t| !*t)).await;
         }
         self.check_apply_backlog()?;
-        if self.liveness.is_quorum_lost() {
+        if self.liveness.is_quorum_lost()
+            && self.raft.metrics().borrow().state == ServerState::Leader
+        {
             // A leader without its quorum has stepped down as far as clients can tell.
             return Err(ProposeError::NoLeader);
         }
