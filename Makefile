@@ -26,10 +26,22 @@ cluster: build
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features failpoints -- -D warnings
 
-## The whole test suite: format, lints, unit, property and integration tests.
+## The whole test suite: format, lints, unit, property and integration tests (with failpoints
+## compiled in, for the reliability campaign's short slices).
 test: lint
-	cargo nextest run --no-fail-fast
+	cargo nextest run --no-fail-fast --features failpoints
+
+## The reliability campaign against oxcd and the real etcd: OPS operations in all (a million by
+## default), the matrix printed and written to chaos-matrix.md. SERVERS=oxcd,etcd FAULTS=a,b narrow it.
+OPS ?= 1000000
+SERVERS ?= oxcd,etcd
+FAULTS ?=
+.PHONY: chaos
+chaos: deps
+	OXCD_CHAOS_OPS=$(OPS) OXCD_CHAOS_SERVERS=$(SERVERS) OXCD_CHAOS_FAULTS=$(FAULTS) \
+	  cargo nextest run --features failpoints --run-ignored only --no-capture chaos::campaign
 
 ## Side-by-side load comparison with the real etcd (release builds).
 bench: deps

@@ -6,7 +6,7 @@
 //! main -> controller -> gateway -> server -> health -> node -> raft -> apply -> {mvcc, lease, auth}
 //!      -> storage
 //! (controller talks to other members only over the etcd client API)
-//! types, config, telemetry, metrics, proto: leaves, usable from anywhere
+//! types, config, telemetry, metrics, proto, failpoint: leaves, usable from anywhere
 //! ```
 //!
 //! Invariants the whole crate keeps:
@@ -22,6 +22,7 @@ pub mod apply;
 pub mod auth;
 pub mod config;
 pub mod controller;
+pub mod failpoint;
 pub mod gateway;
 pub mod health;
 pub mod lease;
@@ -60,6 +61,7 @@ mod layering {
         ("proto", 0),
         ("metrics", 0),
         ("tls", 0),
+        ("failpoint", 0),
         ("storage", 1),
         ("mvcc", 2),
         ("lease", 2),

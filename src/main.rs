@@ -101,6 +101,8 @@ fn main() -> ExitCode {
     for notice in arg_notices.iter().chain(&settings.notices) {
         tracing::warn!("{notice}");
     }
+    // Test builds only (the `failpoints` feature): the points named in FAILPOINTS.
+    let _failpoints = oxcd::failpoint::setup();
     let result = runtime.block_on(async {
         let r = match &pod {
             Some(pod) => match prepare_pod(pod, config, settings).await {

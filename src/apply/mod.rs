@@ -347,6 +347,7 @@ fn apply_one(w: &mut Writer<'_>, tables: Tables<'_>, op: &Op) -> Result<Applied,
                 w.delete_range(&mut t, key, &[], false)?;
             }
             let revision = w.end(t);
+            crate::crash_point!("apply-lease-revoke");
             // The lease exists (checked above, and applying is sequential).
             if let Err(e) = leases.remove(w.batch_mut(), id) {
                 return Ok(Applied::Failed(e.into()));

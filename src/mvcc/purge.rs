@@ -191,6 +191,9 @@ fn run(shared: &Shared, storage: &Storage, batch_limit: usize) {
                         .compaction_keys
                         .inc_by(revs.len() as u64);
                     chunk = chunks.next();
+                    if chunk.is_some() {
+                        crate::crash_point!("compaction-batch");
+                    }
                     // Rest twice as long as the batch took (at most etcd's 10 ms pause), so
                     // deleting takes at most a third of the store's write path from client writes.
                     if chunk.is_some() {

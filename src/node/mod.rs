@@ -155,6 +155,13 @@ async fn join_identity(settings: &Settings) -> Result<Identity, NodeError> {
                         .members
                         .iter()
                         .find(|m| same_urls(&m.member.peer_urls, &settings.advertise_peer_urls));
+                    if let Some(m) = me {
+                        tracing::info!(
+                            member_id = %format!("{:x}", m.id),
+                            from = %url,
+                            "found this member in the existing cluster"
+                        );
+                    }
                     return match me {
                         Some(m) => Ok(Identity {
                             member_id: MemberId(m.id),

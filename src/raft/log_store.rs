@@ -90,6 +90,20 @@ pub(crate) fn last_purged(storage: &Storage) -> Result<Option<LogId<u64>>, SErr>
     }
 }
 
+/// Syncs the log's writes; the `raft-log-sync-error` failpoint makes it fail as a dying disk
+/// would (openraft then stops, and the member with it: after a failed fsync nothing written
+/// since the last good one can be trusted).
+fn sync_wal(storage: &Storage) -> Result<(), crate::storage::StorageError> {
+    crate::error_point!(
+        "raft-log-sync-error",
+        crate::storage::StorageError::Corrupt {
+            cf: "raft log",
+            detail: "injected fsync failure".to_string()
+        }
+    );
+    storage.sync_wal()
+}
+
 impl LogStore {
     /// Opens the log over `storage` and starts its sync thread.
     pub fn new(storage: Storage) -> io::Result<LogStore> {
@@ -105,7 +119,9 @@ impl LogStore {
                         waiting.push(more);
                     }
                     let started = std::time::Instant::now();
-                    let res = sync_storage.sync_wal();
+                    crate::crash_point!("raft-log-before-sync");
+                    let res = sync_wal(&sync_storage);
+                    crate::crash_point!("raft-log-after-sync");
                     crate::metrics::get()
                         .wal_fsync
                         .observe(started.elapsed().as_secs_f64());
@@ -257,6 +273,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        crate::crash_point!("raft-log-before-append");
         let mut b = Batch::new();
         for e in entries {
             let raw = bincode::serialize(&e).map_err(write_err)?;

@@ -146,6 +146,8 @@ pub struct Ctx<'a> {
     pub active_window: Duration,
     /// `--strict-reconfig-check`: refuse changes that would cost quorum.
     pub strict: bool,
+    /// Whether an ID belonged to a member removed from the cluster (never to be used again).
+    pub was_removed: &'a (dyn Fn(u64) -> bool + Sync),
 }
 
 fn map_write_err(
@@ -210,7 +212,17 @@ impl Ctx<'_> {
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                let id = MemberId::compute_at(&peer_urls, self.token, now).0;
+                // etcd derives the ID from the URLs, the token and the time in seconds: a member
+                // replaced within the same second would get the ID just removed, which the
+                // cluster refuses forever after. The next second's ID is taken instead.
+                let mut at = now;
+                let id = loop {
+                    let id = MemberId::compute_at(&peer_urls, self.token, at).0;
+                    if !(self.was_removed)(id) {
+                        break id;
+                    }
+                    at += 1;
+                };
                 if find(id).is_some() {
                     return Err(MembershipError::IdExists);
                 }

@@ -87,6 +87,11 @@ pub enum ProposeError {
     /// the write was pending and may or may not be committed by a later leader.
     #[error("leader lost its quorum")]
     QuorumLost,
+    /// The write was forwarded to a leader this member no longer follows: a new one was elected
+    /// meanwhile, and the write's outcome is unknown (etcd's `ErrLeaderChanged`). Last, since
+    /// variants cross the wire by index.
+    #[error("leader changed")]
+    LeaderChanged,
 }
 
 /// Failures while starting raft.
@@ -217,6 +222,60 @@ fn leader_err(e: RaftError<u64, CheckIsLeaderError<u64, Member>>, me: u64) -> Pr
 }
 
 impl Shared {
+    /// Waits until a read of local state is linearizable: the leader confirms its leadership and
+    /// hands out a read index, then this member waits until it has applied that index.
+    pub(crate) async fn linearizable_barrier(&self) -> Result<(), ProposeError> {
+        let mut hint = None;
+        for _ in 0..FORWARD_ATTEMPTS {
+            let index = match hint {
+                None => self.local_read_index().await,
+                Some(l) => self.remote_read_index(l).await,
+            };
+            match index {
+                Err(ProposeError::NotLeader(l)) => hint = Some(l),
+                Err(e) => return Err(e),
+                Ok(index) => return self.wait_applied(index).await,
+            }
+        }
+        Err(ProposeError::NoLeader)
+    }
+
+    async fn remote_read_index(&self, leader: u64) -> Result<u64, ProposeError> {
+        let (id, node) = self.leader_target(Some(leader))?;
+        let resp = self
+            .peers
+            .call(id, &node, self.request_timeout, |mut c| async move {
+                c.read_index(ReadIndexRequest {}).await
+            })
+            .await
+            .map_err(|e| match e {
+                PeerError::Timeout(_) => ProposeError::Timeout,
+                other => ProposeError::LeaderUnreachable(other.to_string()),
+            })?;
+        if resp.error.is_empty() {
+            Ok(resp.index)
+        } else {
+            Err(ProposeError::LeaderUnreachable(resp.error))
+        }
+    }
+
+    pub(super) async fn wait_applied(&self, index: u64) -> Result<(), ProposeError> {
+        let applied = self.state_machine.applied().map(|l| l.index).unwrap_or(0);
+        if applied >= index {
+            return Ok(());
+        }
+        match self
+            .raft
+            .wait(Some(self.request_timeout))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(openraft::metrics::WaitError::Timeout(..)) => Err(ProposeError::Timeout),
+            Err(openraft::metrics::WaitError::ShuttingDown) => Err(ProposeError::Stopped),
+        }
+    }
+
     async fn write_local(&self, op: Op) -> Result<Applied, ProposeError> {
         use std::sync::atomic::Ordering;
         if *self.transferring.borrow() {
@@ -284,6 +343,7 @@ impl Shared {
             max_learners: self.max_learners,
             active_window: membership::ACTIVE_WINDOW,
             strict: self.strict,
+            was_removed: &|id| self.state_machine.was_removed(id),
         };
         match tokio::time::timeout(self.request_timeout, ctx.apply(op)).await {
             Err(_) => Err(MembershipError::Propose(ProposeError::Timeout)),
@@ -496,17 +556,33 @@ impl RaftNode {
         let (id, node) = self.shared.leader_target(Some(leader))?;
         let payload =
             peer::encode(op).map_err(|e| ProposeError::LeaderUnreachable(e.to_string()))?;
-        let reply = self
-            .shared
-            .peers
-            .call(id, &node, self.shared.request_timeout, |mut c| async move {
-                c.forward(payload).await
-            })
-            .await
-            .map_err(|e| match e {
+        let call =
+            self.shared
+                .peers
+                .call(id, &node, self.shared.request_timeout, |mut c| async move {
+                    c.forward(payload).await
+                });
+        // A leader cut off from the others never answers before the request timeout; once this
+        // member follows someone else, the write is answered at once as etcd does, so the client
+        // tries again with the new leader instead of waiting out the timeout.
+        let mut metrics = self.shared.raft.metrics();
+        let moved_on = async move {
+            loop {
+                if metrics.borrow_and_update().current_leader != Some(leader) {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        };
+        let reply = tokio::select! {
+            r = call => r.map_err(|e| match e {
                 PeerError::Timeout(_) => ProposeError::Timeout,
                 other => ProposeError::LeaderUnreachable(other.to_string()),
-            })?;
+            })?,
+            () = moved_on => return Err(ProposeError::LeaderChanged),
+        };
         peer::decode::<Result<Applied, ProposeError>>(&reply)
             .map_err(|e| ProposeError::LeaderUnreachable(e.to_string()))?
     }
@@ -514,56 +590,7 @@ impl RaftNode {
     /// Waits until a read of local state is linearizable: the leader confirms its leadership and
     /// hands out a read index, then this member waits until it has applied that index.
     pub async fn linearizable_barrier(&self) -> Result<(), ProposeError> {
-        let mut hint = None;
-        for _ in 0..FORWARD_ATTEMPTS {
-            let index = match hint {
-                None => self.shared.local_read_index().await,
-                Some(l) => self.remote_read_index(l).await,
-            };
-            match index {
-                Err(ProposeError::NotLeader(l)) => hint = Some(l),
-                Err(e) => return Err(e),
-                Ok(index) => return self.wait_applied(index).await,
-            }
-        }
-        Err(ProposeError::NoLeader)
-    }
-
-    async fn remote_read_index(&self, leader: u64) -> Result<u64, ProposeError> {
-        let (id, node) = self.shared.leader_target(Some(leader))?;
-        let resp = self
-            .shared
-            .peers
-            .call(id, &node, self.shared.request_timeout, |mut c| async move {
-                c.read_index(ReadIndexRequest {}).await
-            })
-            .await
-            .map_err(|e| match e {
-                PeerError::Timeout(_) => ProposeError::Timeout,
-                other => ProposeError::LeaderUnreachable(other.to_string()),
-            })?;
-        if resp.error.is_empty() {
-            Ok(resp.index)
-        } else {
-            Err(ProposeError::LeaderUnreachable(resp.error))
-        }
-    }
-
-    async fn wait_applied(&self, index: u64) -> Result<(), ProposeError> {
-        if self.applied_index() >= index {
-            return Ok(());
-        }
-        match self
-            .shared
-            .raft
-            .wait(Some(self.shared.request_timeout))
-            .applied_index_at_least(Some(index), "linearizable read")
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(openraft::metrics::WaitError::Timeout(..)) => Err(ProposeError::Timeout),
-            Err(openraft::metrics::WaitError::ShuttingDown) => Err(ProposeError::Stopped),
-        }
+        self.shared.linearizable_barrier().await
     }
 
     /// Carries out a membership change on the leader (forwarding when this member is not it).

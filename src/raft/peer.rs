@@ -406,6 +406,7 @@ fn produce_chunks(
             })?;
             offset += filled as u64;
             total += filled as u64;
+            crate::crash_point!("snapshot-send");
             if eof {
                 break;
             }

@@ -285,6 +285,13 @@ impl Peer for PeerService {
         &self,
         _req: Request<ClusterInfoRequest>,
     ) -> Result<Response<Payload>, Status> {
+        // A member joining asks whichever peer answers first: a follower that has not yet
+        // caught up with the leader would hand it a member list from before its `member add`
+        // (and its old ID when it was replaced). So the list is read linearizably where a leader
+        // can be reached, and as this member knows it otherwise.
+        if let Err(e) = self.shared.linearizable_barrier().await {
+            tracing::debug!(error = %e, "cluster info without a read barrier");
+        }
         let info = self.shared.cluster_info();
         Ok(Response::new(encode(&info).map_err(codec)?))
     }

@@ -279,10 +279,14 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let snaps = self.snaps.clone();
-        let built = tokio::task::spawn_blocking(move || snaps.build(meta_of_checkpoint))
-            .await
-            .map_err(snap_err)?
-            .map_err(snap_err)?;
+        let built = tokio::task::spawn_blocking(move || {
+            let built = snaps.build(meta_of_checkpoint);
+            crate::crash_point!("snapshot-build");
+            built
+        })
+        .await
+        .map_err(snap_err)?
+        .map_err(snap_err)?;
         let (meta, data) = built;
         tracing::info!(snapshot_id = %meta.snapshot_id, dir = %data.dir.display(), "built snapshot");
         self.state.lock().snapshot = Some((meta.clone(), data.clone()));
@@ -362,7 +366,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             );
         }
         put_applied(w.batch_mut(), last)?;
+        crate::crash_point!("apply-before-commit");
+        if new_membership.is_some() {
+            crate::crash_point!("apply-membership");
+        }
         w.commit().map_err(sm_write_err)?;
+        crate::crash_point!("apply-after-commit");
         let mut st = self.state.lock();
         if last.is_some() {
             st.applied = last;
@@ -400,6 +409,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // The key index stays locked while the state machine is replaced, so no read sees
             // half of it; it is rebuilt from the installed state.
             mvcc.replace(|| {
+                crate::crash_point!("snapshot-install");
                 let data = snaps.install(&m, &snapshot).map_err(|e| {
                     crate::storage::StorageError::Corrupt {
                         cf: "snapshot",

@@ -132,7 +132,7 @@ impl RaftNode {
     /// this member has applied everything committed before, including its own term's first entry.
     pub async fn leader_barrier(&self) -> Result<(), ProposeError> {
         let index = self.shared.local_read_index().await?;
-        self.wait_applied(index).await
+        self.shared.wait_applied(index).await
     }
 
     /// The index of the last applied entry.

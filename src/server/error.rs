@@ -56,6 +56,9 @@ pub enum EtcdError {
     /// No leader.
     #[error("etcdserver: no leader")]
     NoLeader,
+    /// The leader changed while the request waited.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     /// Not the leader.
     #[error("etcdserver: not leader")]
     NotLeader,
@@ -143,7 +146,7 @@ impl EtcdError {
             PermissionNotGiven => Code::InvalidArgument,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             Corrupt => Code::DataLoss,
-            NoLeader | Stopped | Timeout => Code::Unavailable,
+            NoLeader | LeaderChanged | Stopped | Timeout => Code::Unavailable,
             NotLeader | PeerUrlExists | MemberIdExists | TooManyLearners | NotEnoughStarted
             | NotLearner | LearnerNotReady | LearnerNotSupported | BadLeaderTransferee
             | DowngradeInProcess | NoInflightDowngrade => Code::FailedPrecondition,
@@ -248,6 +251,7 @@ impl From<ProposeError> for EtcdError {
     fn from(e: ProposeError) -> EtcdError {
         match e {
             ProposeError::NoLeader => EtcdError::NoLeader,
+            ProposeError::LeaderChanged => EtcdError::LeaderChanged,
             ProposeError::NotLeader(_) => EtcdError::NotLeader,
             ProposeError::Stopped => EtcdError::Stopped,
             ProposeError::TooManyRequests => EtcdError::TooManyRequests,

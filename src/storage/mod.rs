@@ -391,6 +391,7 @@ impl Storage {
         for cf in Cf::ALL {
             self.db
                 .compact_range_cf(self.handle(cf)?, None::<&[u8]>, None::<&[u8]>);
+            crate::crash_point!("defrag");
         }
         Ok(())
     }

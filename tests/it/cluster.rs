@@ -697,3 +697,64 @@ async fn serializable_members(c: &Cluster) -> Vec<(String, bool)> {
         .map(|m| (m.name().to_string(), m.is_learner()))
         .collect()
 }
+
+/// Found by the chaos campaign: a member removed and added back with the same peer URLs within
+/// one second got its old ID again (IDs derive from the URLs, the token and the time in seconds),
+/// and the cluster, which never takes a removed ID back, told it at once it was removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_replaced_within_a_second_gets_a_new_id_and_joins() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let i = (0..3).find(|&i| i != leader).expect("a follower");
+    let others: Vec<String> = (0..3)
+        .filter(|&j| j != i)
+        .map(|j| c.members[j].endpoint())
+        .collect();
+    let mut client = connect(&others).await;
+    let name = c.members[i].spec.name.clone();
+    let list = client.member_list().await.expect("member list");
+    let old = list
+        .members()
+        .iter()
+        .find(|m| m.name() == name)
+        .map(|m| m.id())
+        .expect("listed");
+    client.member_remove(old).await.expect("remove");
+    c.members[i].kill();
+    std::fs::remove_dir_all(&c.members[i].spec.data_dir).expect("wipe");
+    // Added, removed before it ever started, and added again at once: the two adds fall
+    // within one second (the first members' IDs do not depend on the time, added ones do).
+    let add = |mut cl: etcd_client::Client, url: String| async move {
+        cl.member_add(
+            [url],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect("add")
+        .member()
+        .map(|m| m.id())
+        .expect("new ID")
+    };
+    let url = c.members[i].spec.peer_url();
+    let first = add(client.clone(), url.clone()).await;
+    client
+        .member_remove(first)
+        .await
+        .expect("remove the learner");
+    let new = add(client.clone(), url).await;
+    assert!(
+        new != old && new != first,
+        "a removed member's ID was handed out again: {new:x}"
+    );
+    c.members[i].spec.state = "existing".to_string();
+    c.members[i].start();
+    c.members[i].wait_serving().await;
+    wait_until("the learner to be promoted", WAIT, || {
+        let mut cl = client.clone();
+        async move { cl.member_promote(new).await.is_ok() }
+    })
+    .await;
+    client.put("after", "v", None).await.expect("write");
+    wait_same_hashkv(&c).await;
+    assert!(c.members[i].running(), "{}", c.members[i].log());
+}

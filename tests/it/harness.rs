@@ -367,6 +367,8 @@ pub struct Member {
     pub kind: Kind,
     /// How it is started.
     pub spec: MemberSpec,
+    /// Environment variables set on the next (re)starts (e.g. `FAILPOINTS`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -378,6 +380,7 @@ impl Member {
         let mut m = Member {
             kind,
             spec,
+            env: Vec::new(),
             child: None,
             log,
         };
@@ -413,6 +416,7 @@ impl Member {
         let child = cmd
             .args(self.spec.args())
             .env_remove("ETCD_NAME")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

@@ -4,6 +4,7 @@
 mod auth;
 mod auth_enforce;
 mod auth_jwt;
+mod chaos;
 mod chart;
 mod cli;
 mod cluster;

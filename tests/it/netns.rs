@@ -140,6 +140,34 @@ impl Net {
         }
     }
 
+    /// Drops a random `percent` of the packets member `i` exchanges with its peers, both ways
+    /// (iptables' `statistic` match: the loss `tc netem` would give, which this machine lacks).
+    pub fn drop_random(&self, i: usize, percent: u32) {
+        let p = format!("{:.2}", f64::from(percent) / 100.0);
+        for j in (0..self.len()).filter(|j| *j != i) {
+            let other = self.addr(j);
+            for (chain, dir) in [("OUTPUT", "-d"), ("INPUT", "-s")] {
+                self.ipt(
+                    i,
+                    &[
+                        "-A",
+                        chain,
+                        dir,
+                        &other,
+                        "-m",
+                        "statistic",
+                        "--mode",
+                        "random",
+                        "--probability",
+                        &p,
+                        "-j",
+                        "DROP",
+                    ],
+                );
+            }
+        }
+    }
+
     /// Removes every cut.
     pub fn heal(&self) {
         for i in 0..self.len() {
