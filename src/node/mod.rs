@@ -401,6 +401,8 @@ impl Node {
         node.tasks.lock().push(publisher);
         let leader_watch = tokio::spawn(quota::watch_leader(node.clone()));
         node.tasks.lock().push(leader_watch);
+        let disk = tokio::spawn(quota::guard_disk(node.clone()));
+        node.tasks.lock().push(disk);
         let expiry = tokio::spawn(lease::run(node.clone()));
         node.tasks.lock().push(expiry);
         if let Some(interval) = node.settings.corrupt_check_interval {

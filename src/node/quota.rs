@@ -5,6 +5,14 @@
 //! alarm and meta column families), never the raft log, as etcd's bbolt size excludes its WAL; a
 //! write that would take the size past the quota raises NOSPACE through the log before it is
 //! refused, so every member agrees the alarm is active.
+//!
+//! The disk is guarded the same way: every member checks the free space on its data directory's
+//! filesystem (at each write it receives, and every [`DISK_CHECK_EVERY`] in any case, since it
+//! also writes what others receive) and raises NOSPACE for itself while less than
+//! [`disk_reserve`] is left. The reserve keeps room for the writes already under way, the alarm's
+//! own log entry and RocksDB's flushes, so a full disk refuses writes with etcd's error instead
+//! of failing a log append (after which a member must stop). As with the quota, the operator
+//! frees space and disarms the alarm (`etcdctl alarm disarm`); it comes back while space is short.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +21,7 @@ use super::Node;
 use crate::apply::{AlarmRefusal, Applied, Op, Pb};
 use crate::metrics::{self, Metrics};
 use crate::proto::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
-use crate::storage::{Cf, StorageError};
+use crate::storage::{Cf, DiskSpace, StorageError};
 
 /// What etcd adds to a request's size when it estimates its cost against the quota.
 pub const KV_OVERHEAD: u64 = 256;
@@ -21,11 +29,22 @@ pub const KV_OVERHEAD: u64 = 256;
 /// How long a measured database size is reused by the quota check.
 const SIZE_TTL: Duration = Duration::from_millis(100);
 
+/// How often every member checks its disk's free space.
+pub const DISK_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// The free space a member keeps on its disk: a tenth of the filesystem, at least 128 MiB (room
+/// for RocksDB to start a new write-ahead log, which it preallocates at about 70 MiB, and to
+/// flush a memtable) and at most 1 GiB.
+pub fn disk_reserve(total: u64) -> u64 {
+    (total / 10).clamp(128 << 20, 1 << 30)
+}
+
 /// The measured database size.
 #[derive(Debug, Default)]
 pub struct SizeCache {
     at: Option<Instant>,
     total: u64,
+    disk: Option<(Instant, DiskSpace)>,
 }
 
 impl Node {
@@ -49,11 +68,36 @@ impl Node {
         Ok(self.db_size()?.0)
     }
 
+    fn recent_disk_space(&self) -> Result<DiskSpace, StorageError> {
+        {
+            let cache = self.size_cache.lock();
+            if let Some((at, d)) = cache.disk {
+                if at.elapsed() < SIZE_TTL {
+                    return Ok(d);
+                }
+            }
+        }
+        let d = self.storage.disk_space()?;
+        self.size_cache.lock().disk = Some((Instant::now(), d));
+        Ok(d)
+    }
+
+    /// Whether the disk has less than the reserve (plus `cost`) left.
+    fn disk_short(&self, cost: u64) -> Result<Option<DiskSpace>, StorageError> {
+        let d = self.recent_disk_space()?;
+        Ok((d.available < disk_reserve(d.total).saturating_add(cost)).then_some(d))
+    }
+
     /// etcd's quota check before a write of about `cost` bytes: when the database would grow past
-    /// `--quota-backend-bytes`, raises NOSPACE for this member and refuses the write.
+    /// `--quota-backend-bytes`, or the disk would be left with less than its reserve, raises
+    /// NOSPACE for this member and refuses the write.
     pub async fn check_quota(&self, cost: u64) -> Result<(), QuotaError> {
         let quota = self.settings.quota_backend_bytes.max(0) as u64;
         let size = self.recent_db_size()?;
+        if let Some(d) = self.disk_short(cost)? {
+            self.disk_full(d).await;
+            return Err(QuotaError::NoSpace(AlarmRefusal::NoSpace));
+        }
         if size.saturating_add(cost) <= quota {
             return Ok(());
         }
@@ -68,6 +112,33 @@ impl Node {
             );
         }
         Err(QuotaError::NoSpace(AlarmRefusal::NoSpace))
+    }
+
+    /// Raises NOSPACE for this member, as its disk is short of space (once: while the alarm is
+    /// on, nothing is proposed).
+    async fn disk_full(&self, d: DiskSpace) {
+        if self.alarms.has(AlarmType::Nospace) {
+            return;
+        }
+        // Measured afresh: space freed just before a disarm must not raise the alarm again.
+        let d = match self.storage.disk_space() {
+            Ok(now) if now.available < disk_reserve(now.total) => now,
+            Ok(now) => {
+                self.size_cache.lock().disk = Some((Instant::now(), now));
+                return;
+            }
+            Err(_) => d,
+        };
+        if self
+            .raise_alarm(self.identity.member_id.0, AlarmType::Nospace)
+            .await
+        {
+            tracing::warn!(
+                available = d.available,
+                reserve = disk_reserve(d.total),
+                "the data directory's disk is almost full: raised the NOSPACE alarm"
+            );
+        }
     }
 
     /// Raises `alarm` for `member` through the log; returns whether it applied (a failure is
@@ -112,6 +183,21 @@ impl Node {
             &m.watch_events,
             stats.events_sent.load(std::sync::atomic::Ordering::Relaxed),
         );
+    }
+}
+
+/// Checks the disk every [`DISK_CHECK_EVERY`] and raises NOSPACE while it is short of space
+/// (this member writes the log and the state of every write, whoever received it).
+pub(super) async fn guard_disk(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(DISK_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match node.disk_short(0) {
+            Ok(Some(d)) => node.disk_full(d).await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the disk's free space"),
+        }
     }
 }
 

@@ -169,6 +169,15 @@ impl Batch {
     }
 }
 
+/// A filesystem's size and free space, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// The filesystem's size.
+    pub total: u64,
+    /// What an unprivileged writer may still use.
+    pub available: u64,
+}
+
 /// A handle to the member's RocksDB instance; cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
@@ -394,6 +403,19 @@ impl Storage {
             crate::crash_point!("defrag");
         }
         Ok(())
+    }
+
+    /// The size of the filesystem holding the database and the space left on it for this
+    /// process, in bytes.
+    pub fn disk_space(&self) -> Result<DiskSpace, StorageError> {
+        let st = rustix::fs::statvfs(&self.path).map_err(|e| StorageError::Io {
+            path: self.path.clone(),
+            source: e.into(),
+        })?;
+        Ok(DiskSpace {
+            total: st.f_blocks.saturating_mul(st.f_frsize),
+            available: st.f_bavail.saturating_mul(st.f_frsize),
+        })
     }
 
     /// The approximate size of the column families `cfs` on disk (their table files) plus what

@@ -9,6 +9,7 @@ mod chart;
 mod cli;
 mod cluster;
 mod controller;
+mod disk;
 mod downgrade;
 mod etcd_backup;
 mod gateway;
