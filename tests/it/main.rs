@@ -14,7 +14,6 @@ mod downgrade;
 mod etcd_backup;
 mod gateway;
 mod harness;
-mod history;
 mod k8s;
 mod k8s_controller;
 mod kubeapi;

@@ -85,10 +85,10 @@ fn groups_of<'a>(log: &'a WatchLog, v: &mut Vec<String>) -> BTreeMap<i64, Group<
                     }
                 ));
             }
-            if log.spec.start > 0 && e.rev < log.spec.start {
+            if log.floor > 0 && e.rev < log.floor {
                 v.push(format!(
-                    "watch {name}: event at revision {} below its start revision {}",
-                    e.rev, log.spec.start
+                    "watch {name}: event at revision {} below where it started ({})",
+                    e.rev, log.floor
                 ));
             }
             if !log.spec.covers(&e.key) {
@@ -127,7 +127,7 @@ fn expected_puts(op: &Op) -> Vec<(&str, &str, i64)> {
 }
 
 fn short(v: &str) -> &str {
-    &v[..v.len().min(40)]
+    v.char_indices().nth(40).map_or(v, |(i, _)| &v[..i])
 }
 
 /// The replayed store.
@@ -482,58 +482,81 @@ pub fn check(h: &History) -> Report {
                 )),
             }
         }
+        // What could have ended a lease at this revision: a revoke answered with this revision,
+        // else one of unknown outcome sent before the event arrived (a refused one proves the
+        // lease had already gone, so it explains nothing).
+        let cause = |lease: i64| {
+            let ops = revokes.get(&lease)?;
+            ops.iter()
+                .copied()
+                .find(|&i| matches!(&h.ops[i].outcome, Outcome::Ok(resp) if resp.rev() == rev))
+                .or_else(|| {
+                    ops.iter().copied().find(|&i| {
+                        matches!(h.ops[i].outcome, Outcome::Unknown(_)) && h.ops[i].start <= g.at
+                    })
+                })
+        };
+        // The earliest a lease nobody revoked may expire: its TTL (as granted, when the server
+        // raised it) after the grant was sent.
+        let earliest = |lease: i64| {
+            grants.get(&lease).map(|&gi| {
+                let asked = match h.ops[gi].req {
+                    Req::Grant { ttl } => ttl,
+                    _ => 0,
+                };
+                let granted = match &h.ops[gi].outcome {
+                    Outcome::Ok(Resp::Grant { ttl, .. }) => *ttl,
+                    _ => 0,
+                };
+                let ttl = asked.max(granted);
+                (h.ops[gi].start + ttl.max(0) as u64 * 1_000_000, ttl)
+            })
+        };
         if !attributed {
             let leases: BTreeSet<i64> = keys
                 .iter()
                 .map(|k| model.state.get(*k).map(|kv| kv.lease).unwrap_or(0))
                 .collect();
-            // A single key deleted early, with a delete of unknown outcome on it: the delete.
-            let early = |lease: i64| {
-                let revoked = revokes
-                    .get(&lease)
-                    .is_some_and(|ops| ops.iter().any(|&i| h.ops[i].start <= g.at));
-                let earliest = grants.get(&lease).map(|&gi| match h.ops[gi].req {
-                    Req::Grant { ttl } => h.ops[gi].start + ttl as u64 * 1_000_000,
-                    _ => 0,
-                });
-                !revoked && earliest.is_some_and(|e| g.at < e)
-            };
+            // One key, with a delete of unknown outcome on it sent before the event arrived: a
+            // lease end only if nothing says otherwise (no early expiry, no later attachment).
             let deleting = keys.len() == 1
-                && keys
-                    .iter()
-                    .all(|k| unknown_deletes.get(k).is_some_and(|ops| !ops.is_empty()));
+                && keys.iter().all(|k| {
+                    unknown_deletes
+                        .get(k)
+                        .and_then(|ops| ops.last())
+                        .is_some_and(|&i| h.ops[i].start <= g.at)
+                });
             if let [lease] = leases.iter().copied().collect::<Vec<_>>().as_slice() {
-                let attached_later = last_attach.get(lease).is_some_and(|&r| r > rev);
-                let ends = !(deleting && (early(*lease) || attached_later));
-                if *lease != 0 && model.keys_of(*lease) == keys && ends {
+                let lease = *lease;
+                let revoke = cause(lease);
+                let revoked_here =
+                    revoke.is_some_and(|i| matches!(h.ops[i].outcome, Outcome::Ok(_)));
+                let early = revoke.is_none() && earliest(lease).is_some_and(|(e, _)| g.at < e);
+                let attached_later = last_attach.get(&lease).is_some_and(|&r| r > rev);
+                let ends = revoked_here || !(deleting && (early || attached_later));
+                if lease != 0 && model.keys_of(lease) == keys && ends {
                     attributed = true;
-                    if let Some(end) = model.ended.insert(*lease, rev) {
+                    if let Some(end) = model.ended.insert(lease, rev) {
                         v.push(format!(
                             "lease {lease:x} ended twice, at revisions {end} and {rev}"
                         ));
                     }
-                    let revoke = revokes
-                        .get(lease)
-                        .and_then(|ops| ops.iter().copied().find(|&i| h.ops[i].start <= g.at));
                     match revoke {
                         Some(i) => {
-                            if matches!(&h.ops[i].outcome, Outcome::Ok(resp) if resp.rev() == rev) {
+                            if revoked_here {
                                 lease_end_write.push((rev, i));
+                            } else {
+                                // A revoke of unknown outcome that happened.
+                                applied_at[i] = Some(rev);
                             }
                         }
                         None => {
                             r.expired += 1;
-                            if let Some(&gi) = grants.get(lease) {
-                                let grant = &h.ops[gi];
-                                let ttl = match grant.req {
-                                    Req::Grant { ttl } => ttl,
-                                    _ => 0,
-                                };
-                                let earliest = grant.start + ttl as u64 * 1_000_000;
-                                if g.at < earliest {
+                            if let Some((e, ttl)) = earliest(lease) {
+                                if g.at < e {
                                     v.push(format!(
                                         "lease {lease:x} (TTL {ttl} s) expired {} ms early",
-                                        (earliest - g.at) / 1000
+                                        (e - g.at) / 1000
                                     ));
                                 }
                             }
@@ -544,9 +567,13 @@ pub fn check(h: &History) -> Report {
         }
         if !attributed && keys.len() == 1 {
             let key = keys.iter().next().copied().unwrap_or_default();
-            if let Some(i) = unknown_deletes.get_mut(key).and_then(|ops| ops.pop()) {
-                applied_at[i] = Some(rev);
-                attributed = true;
+            let ops = unknown_deletes.get_mut(key);
+            if let Some(ops) = ops.filter(|ops| ops.last().is_some_and(|&i| h.ops[i].start <= g.at))
+            {
+                if let Some(i) = ops.pop() {
+                    applied_at[i] = Some(rev);
+                    attributed = true;
+                }
             }
         }
         if !attributed {
@@ -566,6 +593,31 @@ pub fn check(h: &History) -> Report {
             "{:?} answered at revision {rev}, beyond the history",
             h.ops[i].req
         ));
+    }
+
+    // A revoke answered Ok: the lease ended at that revision (its keys went there, or it had
+    // none), and nothing may be attached to it afterwards.
+    for ops in revokes.values() {
+        for &i in ops {
+            let (Req::Revoke { id }, Outcome::Ok(resp)) = (&h.ops[i].req, &h.ops[i].outcome) else {
+                continue;
+            };
+            let at = resp.rev();
+            if let Some(&end) = model.ended.get(id) {
+                if end != at {
+                    v.push(format!(
+                        "lease {id:x} revoked (answer at revision {at}), but its keys went at revision {end}"
+                    ));
+                }
+            }
+            if let Some(&r) = last_attach.get(id) {
+                if r > at {
+                    v.push(format!(
+                        "a key attached to lease {id:x} at revision {r}, after its revoke at {at}"
+                    ));
+                }
+            }
+        }
     }
 
     // No lost write.
@@ -597,12 +649,10 @@ pub fn check(h: &History) -> Report {
     for w in &h.watches[1..] {
         let mine = groups_of(w, &mut v);
         let name = w.spec.name;
-        let from = if w.spec.start > 0 {
-            w.spec.start
-        } else {
-            w.from
-        };
-        for (rev, g) in &mine {
+        let from = w.from;
+        // Revisions past the final read (leases expiring while the watchers stopped) may reach
+        // one watcher and not another.
+        for (rev, g) in mine.range(..=h.final_revision) {
             let Some(want) = groups.get(rev) else {
                 v.push(format!(
                     "watch {name}: revision {rev} is not in the reference"
@@ -632,9 +682,12 @@ pub fn check(h: &History) -> Report {
         if from <= 0 {
             continue;
         }
+        if from > h.final_revision {
+            continue;
+        }
         let expected: Vec<i64> = groups
-            .iter()
-            .filter(|(rev, g)| **rev >= from && g.events.iter().any(|e| w.spec.covers(&e.key)))
+            .range(from..=h.final_revision)
+            .filter(|(_, g)| g.events.iter().any(|e| w.spec.covers(&e.key)))
             .map(|(rev, _)| *rev)
             .collect();
         let lost: Vec<i64> = expected

@@ -14,10 +14,12 @@
 
 mod check;
 mod faults;
+mod watch;
 pub mod workload;
 
 use std::time::{Duration, Instant};
 
+pub use check::check;
 pub use faults::Fault;
 use faults::{applies, inject, Dice};
 use workload::{Outcome, Req, Workload};

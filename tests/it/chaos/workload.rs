@@ -20,10 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
-    TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse,
 };
 use parking_lot::Mutex;
+
+use super::watch::watch_loop;
+pub use super::watch::{default_watchers, Batch, Event, WatchLog};
 
 /// The key prefix of every key the workload touches.
 pub const PREFIX: &str = "ch/";
@@ -32,7 +35,7 @@ pub const KEYS: usize = 10;
 /// The size of a large put's value (etcd's robustness traffic uses 32 KiB + 1).
 pub const LARGE: usize = 32 * 1024 + 1;
 /// How long a client waits for one answer.
-const OP_TIMEOUT: Duration = Duration::from_secs(3);
+pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One key-value pair as the server reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +55,8 @@ pub struct Kv {
 }
 
 impl Kv {
-    fn of(kv: &KeyValue) -> Kv {
+    /// The pair as the client library gives it.
+    pub fn of(kv: &KeyValue) -> Kv {
         Kv {
             key: String::from_utf8_lossy(kv.key()).to_string(),
             value: String::from_utf8_lossy(kv.value()).to_string(),
@@ -162,6 +166,8 @@ pub enum Resp {
         rev: i64,
         /// The new lease.
         id: i64,
+        /// Its TTL as granted (the server may raise it to its minimum).
+        ttl: i64,
     },
     /// A lease revoke.
     Revoke {
@@ -208,125 +214,8 @@ pub struct Op {
     pub outcome: Outcome,
 }
 
-/// One watch event as received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// The revision of the change.
-    pub rev: i64,
-    /// Key.
-    pub key: String,
-    /// A put (else a delete).
-    pub put: bool,
-    /// The pair after a put.
-    pub kv: Option<Kv>,
-    /// The pair before the change, when the watch asked for it.
-    pub prev: Option<Kv>,
-}
-
-/// What a watcher watches.
-#[derive(Debug, Clone)]
-pub struct WatchSpec {
-    /// Name, for reports.
-    pub name: &'static str,
-    /// The key, or the prefix when `prefix`.
-    pub key: String,
-    /// Watch every key under `key`.
-    pub prefix: bool,
-    /// The start revision (0: from now).
-    pub start: i64,
-    /// Ask for each event's previous pair.
-    pub prev_kv: bool,
-    /// The endpoint it connects to first.
-    pub first_endpoint: usize,
-}
-
-impl WatchSpec {
-    /// Whether `key` is in the watched range.
-    pub fn covers(&self, key: &str) -> bool {
-        if self.prefix {
-            key.starts_with(&self.key)
-        } else {
-            key == self.key
-        }
-    }
-}
-
-/// One watch response's events, with the time they arrived.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    /// When (µs since the workload began).
-    pub at: u64,
-    /// Its events, in order.
-    pub events: Vec<Event>,
-}
-
-/// What one watcher recorded.
-#[derive(Debug, Clone)]
-pub struct WatchLog {
-    /// What it watched.
-    pub spec: WatchSpec,
-    /// The revision its first watch effectively started at (for a watch from now: the header
-    /// revision of the creation, plus one).
-    pub from: i64,
-    /// Every response with events, in order.
-    pub batches: Vec<Batch>,
-    /// Watches that could not be created or were cancelled by the server, with the reason.
-    pub broken: Vec<String>,
-    /// How often it reconnected.
-    pub resumes: usize,
-}
-
-impl WatchLog {
-    /// The revision of the last event received (0: none).
-    pub fn last_rev(&self) -> i64 {
-        self.batches
-            .last()
-            .and_then(|b| b.events.last())
-            .map(|e| e.rev)
-            .unwrap_or(0)
-    }
-}
-
-/// The watchers every run starts: the first one, from revision 1 over the whole prefix with
-/// previous pairs, is the reference the checks replay.
-pub fn default_watchers() -> Vec<WatchSpec> {
-    vec![
-        WatchSpec {
-            name: "reference",
-            key: PREFIX.to_string(),
-            prefix: true,
-            start: 1,
-            prev_kv: true,
-            first_endpoint: 0,
-        },
-        WatchSpec {
-            name: "prefix-from-now",
-            key: PREFIX.to_string(),
-            prefix: true,
-            start: 0,
-            prev_kv: true,
-            first_endpoint: 1,
-        },
-        WatchSpec {
-            name: "one-key",
-            key: format!("{PREFIX}k3"),
-            prefix: false,
-            start: 1,
-            prev_kv: false,
-            first_endpoint: 2,
-        },
-        WatchSpec {
-            name: "future-revision",
-            key: PREFIX.to_string(),
-            prefix: true,
-            start: 300,
-            prev_kv: false,
-            first_endpoint: 1,
-        },
-    ]
-}
-
-fn micros(t0: Instant) -> u64 {
+/// Microseconds since `t0`.
+pub fn micros(t0: Instant) -> u64 {
     t0.elapsed().as_micros() as u64
 }
 
@@ -580,6 +469,7 @@ async fn send(c: &mut Client, req: &Req) -> Outcome {
                 Ok(Resp::Grant {
                     rev: rev_of(r.header()),
                     id: r.id(),
+                    ttl: r.ttl(),
                 })
             }
             Req::Revoke { id } => {
@@ -621,6 +511,28 @@ pub struct History {
     pub ops: Vec<Op>,
     /// Every watcher's log; the first is the reference.
     pub watches: Vec<WatchLog>,
+}
+
+impl History {
+    /// The longest time (ms) in `[from, to]` (µs on the workload's clock) in which no write
+    /// completed successfully.
+    pub fn longest_write_gap_ms(&self, from: u64, to: u64) -> u64 {
+        let mut ends: Vec<u64> = self
+            .ops
+            .iter()
+            .filter(|o| o.req.writes() && matches!(o.outcome, Outcome::Ok(_)))
+            .map(|o| o.end)
+            .filter(|e| *e >= from && *e <= to)
+            .collect();
+        ends.sort_unstable();
+        let mut last = from;
+        let mut gap = 0;
+        for e in ends.into_iter().chain(std::iter::once(to)) {
+            gap = gap.max(e.saturating_sub(last));
+            last = e;
+        }
+        gap / 1000
+    }
 }
 
 impl Workload {
@@ -688,6 +600,7 @@ impl Workload {
             let log = Arc::new(Mutex::new(WatchLog {
                 spec: spec.clone(),
                 from: spec.start,
+                floor: spec.start,
                 batches: Vec::new(),
                 broken: Vec::new(),
                 resumes: 0,
@@ -803,96 +716,5 @@ impl Workload {
             ops: std::mem::take(&mut *self.ops.lock()),
             watches: self.watches.iter().map(|w| w.lock().clone()).collect(),
         }
-    }
-}
-
-/// One watcher: watches, records, and resumes after every break from the revision after its
-/// last event (or where its first watch started).
-async fn watch_loop(
-    spec: WatchSpec,
-    log: Arc<Mutex<WatchLog>>,
-    mut rotor: Rotor,
-    stop: Arc<AtomicBool>,
-    t0: Instant,
-) {
-    let mut next = spec.start;
-    let mut first = true;
-    while !stop.load(Ordering::Relaxed) {
-        let Some(mut c) = rotor.client().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let mut opts = WatchOptions::new();
-        if spec.prefix {
-            opts = opts.with_prefix();
-        }
-        if spec.prev_kv {
-            opts = opts.with_prev_key();
-        }
-        if next > 0 {
-            opts = opts.with_start_revision(next);
-        }
-        let created =
-            tokio::time::timeout(OP_TIMEOUT, c.watch(spec.key.as_str(), Some(opts))).await;
-        let Ok(Ok((_watcher, mut stream))) = created else {
-            rotor.fail();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        if !first {
-            log.lock().resumes += 1;
-        }
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let msg = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
-            match msg {
-                Err(_) => continue,
-                Ok(Ok(Some(resp))) => {
-                    if resp.created() && first && next == 0 {
-                        // A watch from now starts after the revision its creation reports.
-                        next = rev_of(resp.header()) + 1;
-                        log.lock().from = next;
-                    }
-                    first = false;
-                    if resp.canceled() {
-                        log.lock().broken.push(format!(
-                            "cancelled at {next}: {} (compact revision {})",
-                            resp.cancel_reason(),
-                            resp.compact_revision()
-                        ));
-                        break;
-                    }
-                    if resp.events().is_empty() {
-                        continue;
-                    }
-                    let events: Vec<Event> = resp
-                        .events()
-                        .iter()
-                        .filter_map(|e| {
-                            let kv = e.kv()?;
-                            let put = e.event_type() == EventType::Put;
-                            Some(Event {
-                                rev: kv.mod_revision(),
-                                key: String::from_utf8_lossy(kv.key()).to_string(),
-                                put,
-                                kv: put.then(|| Kv::of(kv)),
-                                prev: e.prev_kv().map(Kv::of),
-                            })
-                        })
-                        .collect();
-                    if let Some(last) = events.last() {
-                        next = last.rev + 1;
-                    }
-                    log.lock().batches.push(Batch {
-                        at: micros(t0),
-                        events,
-                    });
-                }
-                Ok(_) => break,
-            }
-        }
-        rotor.fail();
     }
 }

@@ -76,7 +76,11 @@ fn valid() -> History {
             0,
             10,
             Req::Grant { ttl: 1 },
-            Outcome::Ok(Resp::Grant { rev: 1, id: 7 }),
+            Outcome::Ok(Resp::Grant {
+                rev: 1,
+                id: 7,
+                ttl: 1,
+            }),
         ),
         op(
             10,
@@ -183,6 +187,7 @@ fn valid() -> History {
             WatchLog {
                 spec: specs[0].clone(),
                 from: 1,
+                floor: 1,
                 batches: reference,
                 broken: vec![],
                 resumes: 0,
@@ -190,6 +195,7 @@ fn valid() -> History {
             WatchLog {
                 spec: specs[1].clone(),
                 from: 3,
+                floor: 2,
                 batches: from_now,
                 broken: vec![],
                 resumes: 1,
@@ -371,4 +377,63 @@ fn model_faults_are_found() {
     h.watches.truncate(1);
     let v = violations(&h);
     assert!(!v.is_empty());
+}
+
+#[test]
+fn lease_faults_around_revokes_are_found() {
+    // A revoke answered at revision 7 (the lease ended there, taking c), then a put attached to
+    // the revoked lease: etcd refuses such a put.
+    let mut h = valid();
+    h.ops.push(op(
+        1_400_000,
+        1_400_010,
+        Req::Revoke { id: 7 },
+        Outcome::Ok(Resp::Revoke { rev: 7 }),
+    ));
+    h.ops.push(op(
+        1_600_000,
+        1_600_010,
+        put("ch/d", "late", 7),
+        Outcome::Ok(Resp::Put { rev: 8 }),
+    ));
+    h.watches[0].batches.push(Batch {
+        at: 1_600_005,
+        events: vec![put_ev(&kv("ch/d", "late", 8, 8, 1, 7), None)],
+    });
+    h.final_revision = 8;
+    h.watches.truncate(1);
+    expect(&h, "after its revoke at 7");
+
+    // A revoke refused (the lease was gone) does not excuse an early expiry.
+    let mut h = valid();
+    h.watches[0].batches[5].at = 900_000;
+    h.ops.push(op(
+        800_000,
+        950_000,
+        Req::Revoke { id: 7 },
+        Outcome::Refused("requested lease not found".to_string()),
+    ));
+    h.watches.truncate(1);
+    expect(&h, "expired");
+
+    // A revoke answered Ok at another revision than the one its keys went at.
+    let mut h = valid();
+    h.ops.push(op(
+        1_600_000,
+        1_600_010,
+        Req::Revoke { id: 7 },
+        Outcome::Ok(Resp::Revoke { rev: 7 }),
+    ));
+    h.watches[0].batches[5].at = 1_000_500;
+    h.ops.last_mut().expect("op").outcome = Outcome::Ok(Resp::Revoke { rev: 9 });
+    h.final_revision = 7;
+    expect(&h, "but its keys went at revision 7");
+}
+
+#[test]
+fn a_watch_from_now_delivering_older_events_is_found() {
+    let mut h = valid();
+    // The second watcher's first read said revision 3 before it was created: nothing below 4.
+    h.watches[1].floor = 4;
+    expect(&h, "below where it started");
 }
