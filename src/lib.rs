@@ -6,6 +6,7 @@
 //! main -> controller -> gateway -> server -> health -> node -> raft -> apply -> {mvcc, lease, auth}
 //!      -> storage
 //! (controller talks to other members only over the etcd client API)
+//! fuzzing (the fuzz targets) sits on top: it calls every parser, from gateway down
 //! types, config, telemetry, metrics, proto, failpoint: leaves, usable from anywhere
 //! ```
 //!
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod config;
 pub mod controller;
 pub mod failpoint;
+pub mod fuzzing;
 pub mod gateway;
 pub mod health;
 pub mod lease;
@@ -74,6 +76,7 @@ mod layering {
         ("server", 8),
         ("gateway", 9),
         ("controller", 10),
+        ("fuzzing", 11),
     ];
 
     fn rank(m: &str) -> Option<u32> {

@@ -46,6 +46,7 @@ use crate::auth::AuthStore;
 use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
 use crate::proto::oxcdpeerpb::peer_server::PeerServer;
+use crate::proto::oxcdpeerpb::Payload;
 use crate::proto::oxcdpeerpb::{CampaignRequest, ClusterInfoRequest, HashKvAt, ReadIndexRequest};
 use crate::storage::Storage;
 use crate::types::Member;
@@ -92,6 +93,25 @@ pub enum ProposeError {
     /// variants cross the wire by index.
     #[error("leader changed")]
     LeaderChanged,
+}
+
+/// Decodes `data` as every message a peer may send this member (the payloads of AppendEntries,
+/// Vote, Forward, ChangeMembership and Lease calls, and the answers a member reads back), for
+/// fuzzing: no input may panic or allocate without bound; the results are dropped.
+pub fn decode_peer_messages(data: &[u8]) {
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
+    let p = Payload {
+        data: data.to_vec(),
+    };
+    let _ = peer::decode::<AppendEntriesRequest<TypeConfig>>(&p);
+    let _ = peer::decode::<VoteRequest<u64>>(&p);
+    let _ = peer::decode::<Op>(&p);
+    let _ = peer::decode::<MembershipOp>(&p);
+    let _ = peer::decode::<lease::LeaseCall>(&p);
+    let _ = peer::decode::<ClusterInfo>(&p);
+    let _ = peer::decode::<Result<Applied, ProposeError>>(&p);
+    let _ = peer::decode::<Result<MembershipResult, MembershipError>>(&p);
+    let _ = ClusterFacts::decode(Some(data), Some(data), Some(data));
 }
 
 /// Failures while starting raft.
