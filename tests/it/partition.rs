@@ -287,3 +287,32 @@ async fn a_killed_leader_is_replaced() {
     let (etcd, oxcd) = tokio::join!(stopped_leader(Kind::Etcd), stopped_leader(Kind::Oxcd));
     eprintln!("first write after the leader's SIGKILL: etcd {etcd:?}, oxcd {oxcd:?}");
 }
+
+/// Found by the chaos campaign: a write a follower had forwarded to a leader that was then cut
+/// off waited out the whole request timeout, though the follower had meanwhile elected another
+/// leader. It now fails at once with etcd's `etcdserver: leader changed`, and the client's next
+/// try goes to the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_to_a_leader_cut_off_meanwhile_fails_with_leader_changed() {
+    let net = Net::new(3);
+    let c = Cluster::start_in_net(Kind::Oxcd, &net, &[]).await;
+    let l = c.wait_leader().await;
+    let f = (0..3).find(|&i| i != l).expect("a follower");
+    let (old_leader, _) = status_of(&c, f).await.expect("status");
+    net.isolate(l);
+    // Sent through the follower as the cut begins: forwarded to the old leader, whom the call
+    // never reaches (the cut drops it).
+    let (_, err) = put_on(&c, f, "during-cut");
+    let (now_leader, _) = status_of(&c, f).await.expect("status");
+    assert_ne!(
+        now_leader, old_leader,
+        "the follower still follows the cut-off leader"
+    );
+    assert!(
+        err.contains("etcdserver: leader changed"),
+        "the forwarded write failed with {err:?}, not etcd's leader changed"
+    );
+    let (_, again) = put_on(&c, f, "after-cut");
+    assert!(again.is_empty(), "the next write failed: {again}");
+    net.heal();
+}
