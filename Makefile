@@ -34,13 +34,15 @@ test: lint
 	cargo nextest run --no-fail-fast --features failpoints
 
 ## The reliability campaign against oxcd and the real etcd: OPS operations in all (a million by
-## default), the matrix printed and written to chaos-matrix.md. SERVERS=oxcd,etcd FAULTS=a,b narrow it.
+## default), the matrix printed and written to chaos-matrix.md. SERVERS=oxcd,etcd FAULTS=a,b narrow it;
+## a history with violations is written to DUMP (a directory, chaos-histories by default).
 OPS ?= 1000000
 SERVERS ?= oxcd,etcd
 FAULTS ?=
+DUMP ?= chaos-histories
 .PHONY: chaos
 chaos: deps
-	OXCD_CHAOS_OPS=$(OPS) OXCD_CHAOS_SERVERS=$(SERVERS) OXCD_CHAOS_FAULTS=$(FAULTS) \
+	OXCD_CHAOS_OPS=$(OPS) OXCD_CHAOS_SERVERS=$(SERVERS) OXCD_CHAOS_FAULTS=$(FAULTS) OXCD_CHAOS_DUMP=$(DUMP) \
 	  cargo nextest run --features failpoints --run-ignored only --no-capture chaos::campaign
 
 ## Side-by-side load comparison with the real etcd (release builds).

@@ -533,7 +533,14 @@ pub fn check(h: &History) -> Report {
                     revoke.is_some_and(|i| matches!(h.ops[i].outcome, Outcome::Ok(_)));
                 let early = revoke.is_none() && earliest(lease).is_some_and(|(e, _)| g.at < e);
                 let attached_later = last_attach.get(&lease).is_some_and(|&r| r > rev);
-                let ends = revoked_here || !(deleting && (early || attached_later));
+                // A revoke answered Ok at a later revision proves the lease outlived this one.
+                let revoked_later = revokes.get(&lease).is_some_and(|ops| {
+                    ops.iter().any(
+                        |&i| matches!(&h.ops[i].outcome, Outcome::Ok(resp) if resp.rev() > rev),
+                    )
+                });
+                let ends =
+                    revoked_here || !(deleting && (early || attached_later || revoked_later));
                 if lease != 0 && model.keys_of(lease) == keys && ends {
                     attributed = true;
                     if let Some(end) = model.ended.insert(lease, rev) {

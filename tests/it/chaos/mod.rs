@@ -220,6 +220,9 @@ pub async fn run(kind: Kind, fault: Fault, budget: Budget) -> Row {
     notes.extend(top_errors(&history.ops));
     let hash_equal = same_hashkv(&c).await;
     let report = check::check(&history);
+    if !report.violations.is_empty() {
+        dump(kind, fault, &history, &report.violations);
+    }
     let unavailable_ms = times
         .iter()
         .filter_map(|&t| {
@@ -248,6 +251,19 @@ pub async fn run(kind: Kind, fault: Fault, budget: Budget) -> Row {
         hash_equal,
         notes,
         took: started.elapsed(),
+    }
+}
+
+/// Writes a history with violations to `OXCD_CHAOS_DUMP` (a directory), when set, for study.
+fn dump(kind: Kind, fault: Fault, h: &workload::History, violations: &[String]) {
+    let Ok(dir) = std::env::var("OXCD_CHAOS_DUMP") else {
+        return;
+    };
+    let path = std::path::Path::new(&dir).join(format!("{kind:?}-{}.txt", fault.name()));
+    let text = format!("{}\n\n{h:#?}\n", violations.join("\n"));
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+        Ok(()) => eprintln!("history written to {}", path.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
     }
 }
 

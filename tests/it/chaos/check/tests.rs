@@ -437,3 +437,48 @@ fn a_watch_from_now_delivering_older_events_is_found() {
     h.watches[1].floor = 4;
     expect(&h, "below where it started");
 }
+
+#[test]
+fn a_delete_of_unknown_outcome_is_not_taken_for_a_lease_end_a_later_revoke_disproves() {
+    // c, the only key of lease 7, goes at revision 7 while a delete of c of unknown outcome is
+    // in flight: a delete or the lease's end. A revoke answered Ok at revision 8 (the lease still
+    // existed, with no keys left) settles it: the delete happened, the lease ended at 8.
+    let mut h = valid();
+    let e8 = kv("ch/e", "v4", 8, 8, 1, 0);
+    h.ops.push(op(
+        1_400_000,
+        1_900_000,
+        Req::Delete {
+            key: "ch/c".to_string(),
+        },
+        Outcome::Unknown("transport error".to_string()),
+    ));
+    h.ops.push(op(
+        1_600_000,
+        1_600_010,
+        put("ch/e", "v4", 0),
+        Outcome::Ok(Resp::Put { rev: 8 }),
+    ));
+    h.ops.push(op(
+        1_700_000,
+        1_700_010,
+        Req::Revoke { id: 7 },
+        Outcome::Ok(Resp::Revoke { rev: 8 }),
+    ));
+    h.watches[0].batches.push(Batch {
+        at: 1_600_005,
+        events: vec![put_ev(&e8, None)],
+    });
+    if let Some(Outcome::Ok(Resp::Read { rev, kvs })) = h
+        .ops
+        .iter_mut()
+        .find(|o| matches!(o.req, Req::List { .. }))
+        .map(|o| &mut o.outcome)
+    {
+        *rev = 8;
+        kvs.push(e8.clone());
+    }
+    h.final_revision = 8;
+    h.watches.truncate(1);
+    assert_eq!(violations(&h), Vec::<String>::new());
+}
