@@ -4,8 +4,11 @@
 //! Invariants: a call counts once in `grpc_server_started_total` when its request arrives and once
 //! in `grpc_server_handled_total` when its status is known (the trailers, or `Canceled` when the
 //! client goes away first); messages are counted from the gRPC length-prefixed framing of the
-//! bodies, so a message split across HTTP/2 frames counts once.
+//! bodies, so a message split across HTTP/2 frames counts once. A method's labelled series are
+//! looked up once and kept ([`Handles`]), for at most [`MAX_CACHED_METHODS`] methods (paths come
+//! from clients: the cache cannot grow without bound).
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,7 +16,9 @@ use std::time::Instant;
 
 use bytes::Buf;
 use http_body::{Body, Frame};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 
 use super::MetricsError;
 
@@ -25,6 +30,22 @@ pub struct GrpcMetrics {
     msg_received: IntCounterVec,
     msg_sent: IntCounterVec,
     handling: HistogramVec,
+    methods: Arc<parking_lot::RwLock<HashMap<String, Arc<Handles>>>>,
+}
+
+/// The most methods whose series are kept resolved; calls to others resolve theirs each time.
+pub const MAX_CACHED_METHODS: usize = 256;
+
+/// One method's labelled series, resolved once: a label lookup hashes the labels and takes a
+/// lock, several times per call otherwise.
+#[derive(Debug)]
+struct Handles {
+    labels: [String; 3],
+    started: IntCounter,
+    msg_received: IntCounter,
+    msg_sent: IntCounter,
+    handling: Histogram,
+    handled_ok: IntCounter,
 }
 
 impl GrpcMetrics {
@@ -78,14 +99,31 @@ impl GrpcMetrics {
             msg_received,
             msg_sent,
             handling,
+            methods: Arc::default(),
         })
     }
 
-    /// Counts a started call.
-    pub fn started(&self, service: &str, method: &str, kind: &str) {
-        self.started
-            .with_label_values(&[kind, service, method])
-            .inc();
+    /// The series of `service`/`method` (of `kind`), from the cache when it is there.
+    fn handles(&self, path: &str, service: &str, method: &str, kind: &str) -> Arc<Handles> {
+        if let Some(h) = self.methods.read().get(path) {
+            return h.clone();
+        }
+        let l = [kind, service, method];
+        let h = Arc::new(Handles {
+            labels: [kind.to_string(), service.to_string(), method.to_string()],
+            started: self.started.with_label_values(&l),
+            msg_received: self.msg_received.with_label_values(&l),
+            msg_sent: self.msg_sent.with_label_values(&l),
+            handling: self.handling.with_label_values(&l),
+            handled_ok: self
+                .handled
+                .with_label_values(&[kind, service, method, code_name(0)]),
+        });
+        let mut methods = self.methods.write();
+        if methods.len() < MAX_CACHED_METHODS {
+            methods.insert(path.to_string(), h.clone());
+        }
+        h
     }
 }
 
@@ -124,10 +162,10 @@ pub fn code_name(code: i32) -> &'static str {
     }
 }
 
-/// One call being measured: labels, start time and whether its end was recorded.
+/// One call being measured: its method's series, start time and whether its end was recorded.
 #[derive(Debug)]
 pub struct Call {
-    labels: [String; 3],
+    handles: Arc<Handles>,
     start: Instant,
     done: bool,
 }
@@ -140,17 +178,18 @@ impl Call {
             return None;
         }
         let kind = method_type(service, method);
-        let m = super::get();
-        m.grpc.started(service, method, kind);
+        let handles = super::get().grpc.handles(path, service, method, kind);
+        handles.started.inc();
         Some(Call {
-            labels: [kind.to_string(), service.to_string(), method.to_string()],
+            handles,
             start: Instant::now(),
             done: false,
         })
     }
 
     fn labels(&self) -> [&str; 3] {
-        [&self.labels[0], &self.labels[1], &self.labels[2]]
+        let l = &self.handles.labels;
+        [&l[0], &l[1], &l[2]]
     }
 
     /// Records the call's end with gRPC status `code` (once).
@@ -159,26 +198,29 @@ impl Call {
             return;
         }
         self.done = true;
-        let m = &super::get().grpc;
-        let [t, s, me] = self.labels();
-        m.handled
-            .with_label_values(&[t, s, me, code_name(code)])
-            .inc();
-        m.handling
-            .with_label_values(&[t, s, me])
+        if code == 0 {
+            self.handles.handled_ok.inc();
+        } else {
+            let [t, s, me] = self.labels();
+            super::get()
+                .grpc
+                .handled
+                .with_label_values(&[t, s, me, code_name(code)])
+                .inc();
+        }
+        self.handles
+            .handling
             .observe(self.start.elapsed().as_secs_f64());
     }
 
     /// The counter of this call's messages received from the client (`received`) or sent to
     /// it, for counting from a task that does not hold the call.
     pub fn message_counter(&self, received: bool) -> prometheus::IntCounter {
-        let m = &super::get().grpc;
-        let c = if received {
-            &m.msg_received
+        if received {
+            self.handles.msg_received.clone()
         } else {
-            &m.msg_sent
-        };
-        c.with_label_values(&self.labels())
+            self.handles.msg_sent.clone()
+        }
     }
 
     /// Counts `n` messages received from the client (`received`) or sent to it.
@@ -186,13 +228,11 @@ impl Call {
         if n == 0 {
             return;
         }
-        let m = &super::get().grpc;
-        let c = if received {
-            &m.msg_received
+        if received {
+            self.handles.msg_received.inc_by(n);
         } else {
-            &m.msg_sent
-        };
-        c.with_label_values(&self.labels()).inc_by(n);
+            self.handles.msg_sent.inc_by(n);
+        }
     }
 }
 
@@ -342,5 +382,23 @@ mod tests {
         assert!(Call::start("/etcdserverpb.KV/Range").is_some());
         assert!(Call::start("/metrics").is_none());
         assert_eq!(code_name(8), "ResourceExhausted");
+    }
+
+    #[test]
+    fn resolved_series_are_kept_for_a_bounded_number_of_methods() {
+        let g = &crate::metrics::get().grpc;
+        for i in 0..MAX_CACHED_METHODS + 50 {
+            let path = format!("/test.Cache/M{i}");
+            let mut call = Call::start(&path).unwrap_or_else(|| panic!("{path} is a method"));
+            call.finish(0);
+            // Cached or not, the call counted in the same series a label lookup finds.
+            let l = ["unary", "test.Cache", &path[12..]];
+            assert_eq!(g.started.with_label_values(&l).get(), 1);
+            assert_eq!(
+                g.handled.with_label_values(&[l[0], l[1], l[2], "OK"]).get(),
+                1
+            );
+        }
+        assert!(g.methods.read().len() <= MAX_CACHED_METHODS);
     }
 }

@@ -276,12 +276,15 @@ mod tests {
     fn the_registry_builds_and_encodes_etcds_names() {
         let m = get();
         m.has_leader.set(1);
-        m.grpc.started("etcdserverpb.KV", "Range", "unary");
+        if let Some(mut call) = grpc::Call::start("/etcdserverpb.KV/Range") {
+            call.finish(0);
+        }
         let text = String::from_utf8(m.encode()).unwrap_or_default();
         for name in [
             "etcd_server_has_leader 1",
             "etcd_disk_wal_fsync_duration_seconds_bucket",
             "grpc_server_started_total{grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}",
+            "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
