@@ -56,9 +56,12 @@ impl RaftNode {
 
     /// Whether this member is a learner.
     pub fn is_learner(&self) -> bool {
-        self.members()
-            .iter()
-            .any(|m| m.id == self.shared.id && m.is_learner)
+        // Asked on every client request: read the membership in place, without copying it.
+        let id = self.shared.id;
+        let metrics = self.shared.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        membership.get_node(&id).is_some() && !membership.voter_ids().any(|v| v == id)
     }
 
     /// This member's ID.
