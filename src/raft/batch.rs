@@ -10,6 +10,9 @@
 //! - The bytes waiting in the queue are counted ([`MAX_QUEUED_BYTES`]); a proposal that would
 //!   take them past the bound is refused before it is queued.
 //! - Every proposal gets exactly one answer: its own result, or the batch's error.
+//! - A proposal that finds nothing waiting and a batch slot free is proposed at once from the
+//!   caller's task ([`Slots::try_direct`]), saving the hops through the batching task; it holds
+//!   its slot until answered, so the bound on batches in raft holds for both ways in.
 //! - Linearizable reads share leadership checks the same way ([`run_reads`]); a read only ever
 //!   shares a check that started after it arrived.
 
@@ -35,17 +38,64 @@ pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 /// One waiting proposal and where its answer goes.
 pub(super) type Pending = (Op, oneshot::Sender<Result<Applied, ProposeError>>);
 
-/// Forms batches from `rx` and proposes them to `raft` until every sender is gone.
-pub(super) async fn run(
+/// The slots for batches in raft, shared by the batching task and direct proposals.
+#[derive(Clone)]
+pub(super) struct Slots {
     raft: Raft<TypeConfig>,
     me: u64,
     timeout: Duration,
+    lost: watch::Receiver<bool>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Slots {
+    /// [`MAX_IN_FLIGHT`] free slots for proposals to `raft`.
+    pub(super) fn new(
+        raft: Raft<TypeConfig>,
+        me: u64,
+        timeout: Duration,
+        lost: watch::Receiver<bool>,
+    ) -> Slots {
+        Slots {
+            raft,
+            me,
+            timeout,
+            lost,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
+
+    /// Proposes `op` from the caller's task when no proposal waits for a batch (`queued` is the
+    /// bytes waiting) and a slot is free; otherwise hands `op` back for the queue.
+    pub(super) async fn try_direct(
+        &self,
+        op: Op,
+        queued: &std::sync::atomic::AtomicUsize,
+    ) -> Result<Result<Applied, ProposeError>, Op> {
+        if queued.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Err(op);
+        }
+        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+            return Err(op);
+        };
+        Ok(write(&self.raft, self.me, self.timeout, self.lost.clone(), op).await)
+    }
+}
+
+/// Forms batches from `rx` and proposes them to raft until every sender is gone.
+pub(super) async fn run(
+    slots: Slots,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
-    lost: watch::Receiver<bool>,
 ) {
     use std::sync::atomic::Ordering;
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let Slots {
+        raft,
+        me,
+        timeout,
+        lost,
+        in_flight,
+    } = slots;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;

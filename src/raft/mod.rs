@@ -200,6 +200,8 @@ pub(crate) struct Shared {
     strict: bool,
     membership_lock: tokio::sync::Mutex<()>,
     proposals: tokio::sync::mpsc::UnboundedSender<batch::Pending>,
+    /// Batch slots in raft, for proposals made directly when nothing waits.
+    slots: batch::Slots,
     /// Bytes of proposals waiting for a batch, bounded by [`batch::MAX_QUEUED_BYTES`].
     queued: Arc<std::sync::atomic::AtomicUsize>,
     /// The log, for its committed index.
@@ -311,6 +313,10 @@ impl Shared {
             // A leader without its quorum has stepped down as far as clients can tell.
             return Err(ProposeError::NoLeader);
         }
+        let op = match self.slots.try_direct(op, &self.queued).await {
+            Ok(answer) => return answer,
+            Err(op) => op,
+        };
         let size = op.size_hint();
         // One proposal always gets in, however large; more wait only while the queue is small.
         let before = self.queued.fetch_add(size, Ordering::SeqCst);
@@ -466,7 +472,12 @@ impl RaftNode {
         );
         let liveness =
             elect::Liveness::new(election_timeout, heartbeat_interval, settings.pre_vote);
-        let lost_for_writes = liveness.quorum_lost();
+        let slots = batch::Slots::new(
+            raft.clone(),
+            id,
+            settings.request_timeout,
+            liveness.quorum_lost(),
+        );
         let lost_for_reads = liveness.quorum_lost();
         let node = RaftNode {
             shared: Arc::new(Shared {
@@ -483,16 +494,10 @@ impl RaftNode {
                 },
                 proposals: {
                     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                    tokio::spawn(batch::run(
-                        raft.clone(),
-                        id,
-                        settings.request_timeout,
-                        rx,
-                        queued.clone(),
-                        lost_for_writes,
-                    ));
+                    tokio::spawn(batch::run(slots.clone(), rx, queued.clone()));
                     tx
                 },
+                slots,
                 queued,
                 transferring: tokio::sync::watch::Sender::new(false),
                 log: log_handle,
