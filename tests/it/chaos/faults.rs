@@ -320,7 +320,16 @@ async fn caught_up(c: &Cluster, i: usize) {
 /// Removes member `i`, wipes it, adds it back as a learner, starts it and promotes it.
 async fn replace(c: &mut Cluster, i: usize) {
     let name = c.members[i].spec.name.clone();
-    let id = member_id(c, &name).await.expect("the member is listed");
+    // A member added back in an earlier round publishes its name a moment after it starts (a
+    // membership change of its own, retried while another one is in progress): wait for it.
+    let deadline = Instant::now() + WAIT;
+    let id = loop {
+        if let Some(id) = member_id(c, &name).await {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "{name} is never listed by name");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let mut client = client_without(c, i).await;
     // Refused while the member replaced before has not started yet (etcd's "not enough started
     // members"): asked again until it has.
