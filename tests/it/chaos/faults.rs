@@ -320,24 +320,38 @@ async fn caught_up(c: &Cluster, i: usize) {
 /// Removes member `i`, wipes it, adds it back as a learner, starts it and promotes it.
 async fn replace(c: &mut Cluster, i: usize) {
     let name = c.members[i].spec.name.clone();
+    let mut client = client_without(c, i).await;
     // A member added back in an earlier round publishes its name a moment after it starts (a
-    // membership change of its own, retried while another one is in progress): wait for it.
+    // membership change of its own, retried while another one is in progress), and a member
+    // list served by a lagging member (not linearizable) can still show the ID it replaced:
+    // look the ID up again until the removal takes. Also refused while the member replaced
+    // before has not started yet (etcd's "not enough started members"): asked again.
     let deadline = Instant::now() + WAIT;
+    let mut tried = None;
     let id = loop {
-        if let Some(id) = member_id(c, &name).await {
-            break id;
+        let listed = client.member_list().await.ok().and_then(|l| {
+            l.members()
+                .iter()
+                .find(|m| m.name() == name)
+                .map(|m| m.id())
+        });
+        match (listed, tried) {
+            (Some(id), _) => match client.member_remove(id).await {
+                Ok(_) => break id,
+                Err(e) => {
+                    // "member not found": a stale ID from a lagging member's list.
+                    if !e.to_string().contains("member not found") {
+                        tried = Some(id);
+                    }
+                    assert!(Instant::now() < deadline, "remove {name}: {e}");
+                }
+            },
+            // A removal that failed on the client's side may have taken effect.
+            (None, Some(id)) => break id,
+            (None, None) => assert!(Instant::now() < deadline, "{name} is never listed"),
         }
-        assert!(Instant::now() < deadline, "{name} is never listed by name");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let mut client = client_without(c, i).await;
-    // Refused while the member replaced before has not started yet (etcd's "not enough started
-    // members"): asked again until it has.
-    let deadline = Instant::now() + WAIT;
-    while let Err(e) = client.member_remove(id).await {
-        assert!(Instant::now() < deadline, "remove the member: {e}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     c.members[i].kill();
     let dir = c.members[i].spec.data_dir.clone();
     let _ = std::fs::remove_dir_all(&dir);
