@@ -127,7 +127,11 @@ fn follower(c: &Cluster, leader: usize, dice: &mut Dice) -> usize {
 }
 
 async fn member_id(c: &Cluster, name: &str) -> Option<u64> {
-    let mut client = c.client().await;
+    listed_id(&mut c.client().await, name).await
+}
+
+/// The ID of the member named `name` in the member list `client` gets.
+async fn listed_id(client: &mut Client, name: &str) -> Option<u64> {
     let list = client.member_list().await.ok()?;
     list.members()
         .iter()
@@ -329,13 +333,7 @@ async fn replace(c: &mut Cluster, i: usize) {
     let deadline = Instant::now() + WAIT;
     let mut tried = None;
     let id = loop {
-        let listed = client.member_list().await.ok().and_then(|l| {
-            l.members()
-                .iter()
-                .find(|m| m.name() == name)
-                .map(|m| m.id())
-        });
-        match (listed, tried) {
+        match (listed_id(&mut client, &name).await, tried) {
             (Some(id), _) => match client.member_remove(id).await {
                 Ok(_) => break id,
                 Err(e) => {
