@@ -60,8 +60,12 @@ impl RaftNode {
         let id = self.shared.id;
         let metrics = self.shared.raft.metrics();
         let m = metrics.borrow();
-        let membership = m.membership_config.membership();
-        membership.get_node(&id).is_some() && !membership.voter_ids().any(|v| v == id)
+        let learner = m
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|l| l == id);
+        learner
     }
 
     /// This member's ID.
