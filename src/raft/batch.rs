@@ -38,7 +38,8 @@ pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 /// One waiting proposal and where its answer goes.
 pub(super) type Pending = (Op, oneshot::Sender<Result<Applied, ProposeError>>);
 
-/// The slots for batches in raft, shared by the batching task and direct proposals.
+/// The slots for batches in raft and the bytes waiting for one, shared by the batching task,
+/// direct proposals and the queue's producers.
 #[derive(Clone)]
 pub(super) struct Slots {
     raft: Raft<TypeConfig>,
@@ -46,10 +47,12 @@ pub(super) struct Slots {
     timeout: Duration,
     lost: watch::Receiver<bool>,
     in_flight: Arc<Semaphore>,
+    /// Bytes of proposals waiting for a batch, bounded by [`MAX_QUEUED_BYTES`].
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Slots {
-    /// [`MAX_IN_FLIGHT`] free slots for proposals to `raft`.
+    /// [`MAX_IN_FLIGHT`] free slots for proposals to `raft`, nothing queued.
     pub(super) fn new(
         raft: Raft<TypeConfig>,
         me: u64,
@@ -62,17 +65,20 @@ impl Slots {
             timeout,
             lost,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            queued: Arc::default(),
         }
     }
 
-    /// Proposes `op` from the caller's task when no proposal waits for a batch (`queued` is the
-    /// bytes waiting) and a slot is free; otherwise hands `op` back for the queue.
-    pub(super) async fn try_direct(
-        &self,
-        op: Op,
-        queued: &std::sync::atomic::AtomicUsize,
-    ) -> Result<Result<Applied, ProposeError>, Op> {
-        if queued.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+    /// The bytes of proposals waiting for a batch: a producer adds a proposal's bytes before
+    /// queueing it, and the batching task takes them off when it forms the batch.
+    pub(super) fn queued(&self) -> &std::sync::atomic::AtomicUsize {
+        &self.queued
+    }
+
+    /// Proposes `op` from the caller's task when no proposal waits for a batch and a slot is
+    /// free; otherwise hands `op` back for the queue.
+    pub(super) async fn try_direct(&self, op: Op) -> Result<Result<Applied, ProposeError>, Op> {
+        if self.queued.load(std::sync::atomic::Ordering::SeqCst) > 0 {
             return Err(op);
         }
         let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -83,11 +89,7 @@ impl Slots {
 }
 
 /// Forms batches from `rx` and proposes them to raft until every sender is gone.
-pub(super) async fn run(
-    slots: Slots,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
-) {
+pub(super) async fn run(slots: Slots, mut rx: mpsc::UnboundedReceiver<Pending>) {
     use std::sync::atomic::Ordering;
     let Slots {
         raft,
@@ -95,6 +97,7 @@ pub(super) async fn run(
         timeout,
         lost,
         in_flight,
+        queued,
     } = slots;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {

@@ -200,10 +200,9 @@ pub(crate) struct Shared {
     strict: bool,
     membership_lock: tokio::sync::Mutex<()>,
     proposals: tokio::sync::mpsc::UnboundedSender<batch::Pending>,
-    /// Batch slots in raft, for proposals made directly when nothing waits.
+    /// Batch slots in raft and the bytes queued for them, for proposals made directly when
+    /// nothing waits and for those queued.
     slots: batch::Slots,
-    /// Bytes of proposals waiting for a batch, bounded by [`batch::MAX_QUEUED_BYTES`].
-    queued: Arc<std::sync::atomic::AtomicUsize>,
     /// The log, for its committed index.
     log: LogStore,
     max_apply_backlog: u64,
@@ -313,20 +312,21 @@ impl Shared {
             // A leader without its quorum has stepped down as far as clients can tell.
             return Err(ProposeError::NoLeader);
         }
-        let op = match self.slots.try_direct(op, &self.queued).await {
+        let op = match self.slots.try_direct(op).await {
             Ok(answer) => return answer,
             Err(op) => op,
         };
         let size = op.size_hint();
+        let queued = self.slots.queued();
         // One proposal always gets in, however large; more wait only while the queue is small.
-        let before = self.queued.fetch_add(size, Ordering::SeqCst);
+        let before = queued.fetch_add(size, Ordering::SeqCst);
         if before > 0 && before + size > batch::MAX_QUEUED_BYTES {
-            self.queued.fetch_sub(size, Ordering::SeqCst);
+            queued.fetch_sub(size, Ordering::SeqCst);
             return Err(ProposeError::TooManyRequests);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.proposals.send((op, tx)).is_err() {
-            self.queued.fetch_sub(size, Ordering::SeqCst);
+            queued.fetch_sub(size, Ordering::SeqCst);
             return Err(ProposeError::Stopped);
         }
         rx.await.map_err(|_| ProposeError::Stopped)?
@@ -456,7 +456,6 @@ impl RaftNode {
         );
         let log = LogStore::new(storage.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
         let log_handle = log.clone();
-        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let sm = StateMachine::open(storage, mvcc, leases.clone(), auth, alarms)
             .map_err(|e| StartError::Storage(e.to_string()))?;
         let peers = Peers::new(settings.max_message, settings.cluster_id);
@@ -494,11 +493,10 @@ impl RaftNode {
                 },
                 proposals: {
                     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                    tokio::spawn(batch::run(slots.clone(), rx, queued.clone()));
+                    tokio::spawn(batch::run(slots.clone(), rx));
                     tx
                 },
                 slots,
-                queued,
                 transferring: tokio::sync::watch::Sender::new(false),
                 log: log_handle,
                 max_apply_backlog: settings.max_apply_backlog,
