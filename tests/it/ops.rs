@@ -733,11 +733,11 @@ async fn pprof_serves_cpu_profiles_only_when_enabled() {
             .status()
             .expect("curl")
     });
-    // Load meanwhile, so the profile has samples.
+    // Load until the profile is back, so its whole window has samples (curl may start late on
+    // a busy machine; a load of fixed length could end before the window opens).
     let mut kv = c.client().await;
-    let start = std::time::Instant::now();
     let mut i = 0u32;
-    while start.elapsed() < std::time::Duration::from_secs(2) {
+    while !fetch.is_finished() {
         kv.put(format!("p{}", i % 100), "v".repeat(100), None)
             .await
             .expect("put");
