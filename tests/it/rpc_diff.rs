@@ -82,6 +82,18 @@ async fn next_msg(s: &mut tonic::Streaming<pb::WatchResponse>) -> Out {
         .map(|m| tonic::Response::new(m.unwrap_or_default())))
 }
 
+/// A channel to `m` on which every call fails after [`WAIT`] instead of waiting forever, so a
+/// server that does not answer shows up as a difference at its step.
+async fn bounded_channel(m: &Member) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", m.endpoint()))
+        .expect("endpoint")
+        .connect_timeout(WAIT)
+        .timeout(WAIT)
+        .connect()
+        .await
+        .expect("connect")
+}
+
 /// The same calls, in the same order, on one server; (step, answer) pairs.
 async fn run_all(ch: Channel) -> Vec<(&'static str, Out)> {
     let mut kv = KvClient::new(ch.clone());
@@ -244,9 +256,9 @@ async fn run_all(ch: Channel) -> Vec<(&'static str, Out)> {
     let first = match ka {
         Ok(s) => {
             let mut s = s.into_inner();
-            out(s
-                .message()
+            out(tokio::time::timeout(WAIT, s.message())
                 .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("no keep-alive answer")))
                 .map(|m| tonic::Response::new(m.unwrap_or_default())))
         }
         Err(e) => Err((e.code(), e.message().to_string())),
@@ -635,8 +647,8 @@ async fn run_all(ch: Channel) -> Vec<(&'static str, Out)> {
 async fn every_rpc_answers_as_etcds() {
     let etcd = Cluster::start_with(Kind::Etcd, 1, &[]).await;
     let oxcd = Cluster::start(1).await;
-    let want = run_all(etcd.members[0].channel().await).await;
-    let got = run_all(oxcd.members[0].channel().await).await;
+    let want = run_all(bounded_channel(&etcd.members[0]).await).await;
+    let got = run_all(bounded_channel(&oxcd.members[0]).await).await;
     assert_eq!(want.len(), got.len());
     let mut differ = Vec::new();
     for ((step, w), (_, g)) in want.iter().zip(&got) {
