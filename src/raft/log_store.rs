@@ -5,7 +5,11 @@
 //!   fsync of the write-ahead log; one fsync covers every append waiting at that moment (group
 //!   commit on a dedicated thread).
 //! - The vote is written with a sync write before `save_vote` returns.
+//! - The committed log id is written along with the next append (it may lag on disk, never lead:
+//!   openraft only ever reports a committed id that is already in the log).
 //! - All writes go through one RocksDB instance in call order, so vote and log I/O stay serialized.
+//! - Every change to the log goes through this store, which keeps its cache of the newest entries
+//!   ([`super::log_cache`]) equal to what RocksDB holds; reads the cache covers are served from it.
 
 use std::fmt::Debug;
 use std::io;
@@ -16,6 +20,7 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
 
+use super::log_cache::LogCache;
 use super::TypeConfig;
 use crate::storage::{Batch, Cf, Storage};
 
@@ -48,6 +53,10 @@ struct Inner {
     /// The highest committed index openraft has reported.
     committed: std::sync::atomic::AtomicU64,
     syncer: parking_lot::Mutex<Option<mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    /// The committed log id openraft last reported, until an append writes it along.
+    unsaved_committed: parking_lot::Mutex<Option<Option<LogId<u64>>>>,
+    /// The newest entries as appended (bounded).
+    cache: parking_lot::Mutex<LogCache>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -139,6 +148,8 @@ impl LogStore {
                 committed: std::sync::atomic::AtomicU64::new(0),
                 storage,
                 syncer: parking_lot::Mutex::new(Some(tx)),
+                unsaved_committed: parking_lot::Mutex::default(),
+                cache: parking_lot::Mutex::default(),
                 thread: parking_lot::Mutex::new(Some(thread)),
             }),
         })
@@ -192,6 +203,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&e) => Some(e),
             Bound::Unbounded => None,
         };
+        if let Some(end) = end {
+            if let Some(hit) = self.inner.cache.lock().get(start, end) {
+                return Ok(hit);
+            }
+        }
         let end_key = end.map(idx_key);
         let mut out = Vec::new();
         self.inner
@@ -253,16 +269,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .committed
                 .fetch_max(c.index, std::sync::atomic::Ordering::SeqCst);
         }
-        let mut b = Batch::new();
-        b.put(
-            Cf::RaftMeta,
-            KEY_COMMITTED.to_vec(),
-            bincode::serialize(&committed).map_err(write_err)?,
-        );
-        self.inner.storage.write(b, false).map_err(write_err)
+        // Written with the next append rather than on its own: a write per commit cost as
+        // much as the append itself. What is on disk may lag by an entry or two, which only
+        // means a restarted member applies those after its first commit instead of at once.
+        *self.inner.unsaved_committed.lock() = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, SErr> {
+        if let Some(c) = *self.inner.unsaved_committed.lock() {
+            return Ok(c);
+        }
         Ok(self
             .read_meta::<Option<LogId<u64>>>(KEY_COMMITTED)?
             .flatten())
@@ -275,11 +292,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         crate::crash_point!("raft-log-before-append");
         let mut b = Batch::new();
+        if let Some(c) = self.inner.unsaved_committed.lock().take() {
+            b.put(
+                Cf::RaftMeta,
+                KEY_COMMITTED.to_vec(),
+                bincode::serialize(&c).map_err(write_err)?,
+            );
+        }
+        let mut written = Vec::new();
         for e in entries {
             let raw = bincode::serialize(&e).map_err(write_err)?;
+            let size = raw.len();
             b.put(Cf::RaftLog, idx_key(e.log_id.index).to_vec(), raw);
+            written.push((e, size));
         }
-        self.inner.storage.write(b, false).map_err(write_err)?;
+        // The cache follows the write, never runs ahead of it. Should the write fail, what the
+        // cache holds at these indexes is gone too (a failed append stops openraft anyway).
+        let res = self.inner.storage.write(b, false).map_err(write_err);
+        {
+            let mut cache = self.inner.cache.lock();
+            match res {
+                Ok(()) => written
+                    .into_iter()
+                    .for_each(|(e, size)| cache.push(e, size)),
+                Err(_) => cache.clear(),
+            }
+        }
+        res?;
         let stopped = || write_err(io::Error::other("log sync thread stopped"));
         self.inner
             .syncer
@@ -291,12 +330,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
+        self.inner.cache.lock().remove_from(log_id.index);
         let mut b = Batch::new();
         b.delete_range(Cf::RaftLog, idx_key(log_id.index).to_vec(), vec![0xff; 9]);
         self.inner.storage.write(b, true).map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
+        self.inner.cache.lock().remove_through(log_id.index);
         purge_through(&self.inner.storage, log_id, false)?;
         tracing::info!(through = log_id.index, "purged the raft log");
         Ok(())

@@ -15,6 +15,7 @@
 mod batch;
 mod elect;
 pub mod lease;
+mod log_cache;
 mod log_store;
 pub mod membership;
 mod peer;
