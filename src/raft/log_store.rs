@@ -71,6 +71,14 @@ impl Drop for Inner {
     }
 }
 
+/// About the encoded size of `e` (its op's estimate plus room for the log id and framing).
+fn entry_size_hint(e: &Entry<TypeConfig>) -> usize {
+    64 + match &e.payload {
+        openraft::EntryPayload::Normal(op) => op.size_hint(),
+        _ => 0,
+    }
+}
+
 /// Deletes the log entries up to and including `log_id` and records it as the last purged one.
 pub(crate) fn purge_through(
     storage: &Storage,
@@ -301,7 +309,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let mut written = Vec::new();
         for e in entries {
-            let raw = bincode::serialize(&e).map_err(write_err)?;
+            // Straight into a buffer sized from the op's own estimate: `bincode::serialize`
+            // would first run a sizing pass that encodes every protobuf message once more.
+            let mut raw = Vec::with_capacity(entry_size_hint(&e));
+            bincode::serialize_into(&mut raw, &e).map_err(write_err)?;
             let size = raw.len();
             b.put(Cf::RaftLog, idx_key(e.log_id.index).to_vec(), raw);
             written.push((e, size));
