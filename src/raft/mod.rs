@@ -562,6 +562,19 @@ impl RaftNode {
     pub async fn write(&self, op: Op) -> Result<Applied, ProposeError> {
         // The first attempt is always local, so a member that cannot keep up applying refuses
         // there (check_apply_backlog), as etcd's does, before anything is forwarded.
+        let leading = self.shared.raft.metrics().borrow().state == ServerState::Leader
+            && !*self.shared.transferring.borrow();
+        if leading {
+            // The common case proposes without keeping a copy of the op for forwarding (a
+            // copy of every value). Should leadership go in the moment between this check
+            // and openraft taking the proposal, openraft refuses it without appending it, and
+            // the client is told the leader changed, as etcd tells it of a proposal dropped
+            // by a change of leader.
+            return match self.shared.write_local(op).await {
+                Err(ProposeError::NotLeader(_)) => Err(ProposeError::LeaderChanged),
+                other => other,
+            };
+        }
         let mut hint = None;
         for _ in 0..FORWARD_ATTEMPTS {
             let res = match hint {
