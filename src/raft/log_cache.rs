@@ -8,7 +8,9 @@
 //!   after their write succeeded, a truncate removes what it truncates before it writes, and an
 //!   append over existing indexes replaces them and everything after them.
 //! - It is bounded: at most [`MAX_BYTES`] bytes of encoded entries and [`MAX_ENTRIES`] entries;
-//!   the oldest go first. A read it does not cover whole goes to RocksDB.
+//!   the oldest go first. A read it does not cover whole goes to RocksDB. The bounds are small
+//!   on purpose: apply and followers that keep up read entries moments after their append, and
+//!   a larger cache shows up one for one in the member's resident memory.
 
 use std::collections::VecDeque;
 
@@ -17,9 +19,9 @@ use openraft::Entry;
 use super::TypeConfig;
 
 /// The most bytes of encoded entries kept.
-pub const MAX_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_BYTES: usize = 4 * 1024 * 1024;
 /// The most entries kept.
-pub const MAX_ENTRIES: usize = 8192;
+pub const MAX_ENTRIES: usize = 1024;
 
 /// A contiguous run of the newest log entries; see the module's invariants.
 #[derive(Default)]
