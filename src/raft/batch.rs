@@ -14,7 +14,8 @@
 //!   caller's task ([`Slots::try_direct`]), saving the hops through the batching task; it holds
 //!   its slot until answered, so the bound on batches in raft holds for both ways in.
 //! - Linearizable reads share leadership checks the same way ([`run_reads`]); a read only ever
-//!   shares a check that started after it arrived.
+//!   shares a check that started after it arrived. On a follower, reads share the request for
+//!   the leader's read index the same way ([`run_remote_reads`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,6 +219,30 @@ pub(super) async fn run_reads(
             },
             () = quorum_lost(lost.clone()), if leading => Err(ProposeError::QuorumLost),
         };
+        for w in waiting {
+            let _ = w.send(res.clone());
+        }
+    }
+}
+
+/// Serves a follower's requests for the leader's read index: every read waiting when a request
+/// to the leader starts shares it, so its index is confirmed after each of them arrived. The
+/// leader asked is the one the first waiting read names (one that named another gets that
+/// leader's answer or its refusal, and tries again). Ends when the member is gone.
+pub(super) async fn run_remote_reads(
+    shared: std::sync::Weak<super::Shared>,
+    mut rx: mpsc::UnboundedReceiver<(u64, PendingRead)>,
+) {
+    while let Some((leader, first)) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok((_, more)) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let res = shared.remote_read_index(leader).await;
+        drop(shared);
         for w in waiting {
             let _ = w.send(res.clone());
         }

@@ -211,6 +211,8 @@ pub(crate) struct Shared {
     /// drops them during a transfer), so the transferee can catch up and win the election.
     transferring: tokio::sync::watch::Sender<bool>,
     reads: tokio::sync::mpsc::UnboundedSender<batch::PendingRead>,
+    /// Reads waiting for a read index from the leader (with the leader to ask).
+    remote_reads: tokio::sync::mpsc::UnboundedSender<(u64, batch::PendingRead)>,
     leases: Arc<Lessor>,
     /// Bound of one forwarded lease call: one election timeout.
     lease_forward_timeout: Duration,
@@ -246,12 +248,23 @@ fn leader_err(e: RaftError<u64, CheckIsLeaderError<u64, Member>>, me: u64) -> Pr
 impl Shared {
     /// Waits until a read of local state is linearizable: the leader confirms its leadership and
     /// hands out a read index, then this member waits until it has applied that index.
+    ///
+    /// A follower that knows its leader asks it at once (reads waiting together share one
+    /// request, [`batch::run_remote_reads`]); otherwise the read starts here and follows the
+    /// leader openraft names.
     pub(crate) async fn linearizable_barrier(&self) -> Result<(), ProposeError> {
-        let mut hint = None;
+        let mut hint = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            match m.current_leader {
+                Some(l) if l != self.id && m.state != ServerState::Leader => Some(l),
+                _ => None,
+            }
+        };
         for _ in 0..FORWARD_ATTEMPTS {
             let index = match hint {
                 None => self.local_read_index().await,
-                Some(l) => self.remote_read_index(l).await,
+                Some(l) => self.shared_remote_read_index(l).await,
             };
             match index {
                 Err(ProposeError::NotLeader(l)) => hint = Some(l),
@@ -342,6 +355,15 @@ impl Shared {
             return Err(ProposeError::TooManyRequests);
         }
         Ok(())
+    }
+
+    /// The leader's read index through the follower's shared requests.
+    async fn shared_remote_read_index(&self, leader: u64) -> Result<u64, ProposeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.remote_reads
+            .send((leader, tx))
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
     }
 
     async fn local_read_index(&self) -> Result<u64, ProposeError> {
@@ -479,6 +501,7 @@ impl RaftNode {
             liveness.quorum_lost(),
         );
         let lost_for_reads = liveness.quorum_lost();
+        let (remote_reads, remote_reads_rx) = tokio::sync::mpsc::unbounded_channel();
         let node = RaftNode {
             shared: Arc::new(Shared {
                 reads: {
@@ -497,6 +520,7 @@ impl RaftNode {
                     tokio::spawn(batch::run(slots.clone(), rx));
                     tx
                 },
+                remote_reads,
                 slots,
                 transferring: tokio::sync::watch::Sender::new(false),
                 log: log_handle,
@@ -519,6 +543,10 @@ impl RaftNode {
             }),
         };
         tokio::spawn(elect::run(Arc::downgrade(&node.shared)));
+        tokio::spawn(batch::run_remote_reads(
+            Arc::downgrade(&node.shared),
+            remote_reads_rx,
+        ));
         Ok(node)
     }
 
