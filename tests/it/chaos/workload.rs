@@ -675,15 +675,37 @@ impl Workload {
         // The reference watcher must reach the final revision; the others the last revision
         // in their range, which the reference tells.
         let reference = self.watches[0].clone();
-        super::super::harness::wait_until(
-            "the reference watcher to reach the final revision",
-            Duration::from_secs(60),
-            || {
-                let r = reference.lock().last_rev();
-                async move { r >= revision }
-            },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while reference.lock().last_rev() < revision {
+            if Instant::now() > deadline {
+                // Which member is behind tells whether the watcher sits on a stalled member.
+                let mut seen = Vec::new();
+                for ep in &self.endpoints {
+                    let rev = match Client::connect([ep.clone()], None).await {
+                        Ok(mut c) => {
+                            let opts = etcd_client::GetOptions::new().with_serializable();
+                            match tokio::time::timeout(OP_TIMEOUT, c.get(PREFIX, Some(opts))).await
+                            {
+                                Ok(Ok(r)) => format!("{:?}", r.header().map(|h| h.revision())),
+                                other => format!("no answer ({other:?})"),
+                            }
+                        }
+                        Err(e) => format!("no connection ({e})"),
+                    };
+                    seen.push(format!("{ep}: {rev}"));
+                }
+                let w = reference.lock();
+                panic!(
+                    "timed out waiting for the reference watcher to reach the final revision \
+                     {revision}: it is at {}, resumed {} times; members' serializable \
+                     revisions: {seen:?}; its last breaks: {:?}",
+                    w.last_rev(),
+                    w.resumes,
+                    w.broken.iter().rev().take(3).collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let ref_events: Vec<(i64, String)> = reference
             .lock()
             .batches
