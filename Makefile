@@ -29,8 +29,13 @@ lint: deps
 	cargo clippy --all-targets --features failpoints -- -D warnings
 
 ## The whole test suite: format, lints, unit, property and integration tests (with failpoints
-## compiled in, for the reliability campaign's short slices).
+## compiled in, for the reliability campaign's short slices). The container images the Kubernetes
+## tests run are built first (under the tests' own lock), so that their release build does not
+## compete with the timing of the tests running beside them.
+IMAGE_LOCK := $(or $(TMPDIR),/tmp)/oxcd-image.lock
 test: lint
+	flock $(IMAGE_LOCK) scripts/image.sh
+	OXCD_BUILD=next flock $(IMAGE_LOCK) scripts/image.sh --tag oxcd:it-next
 	cargo nextest run --no-fail-fast --features failpoints
 
 ## The reliability campaign against oxcd and the real etcd: OPS operations in all (a million by
