@@ -20,7 +20,7 @@ use super::TypeConfig;
 
 /// The most bytes of encoded entries kept.
 pub const MAX_BYTES: usize = 4 * 1024 * 1024;
-/// The most entries kept.
+/// The most entries kept (see the module doc for why so few).
 pub const MAX_ENTRIES: usize = 1024;
 
 /// A contiguous run of the newest log entries; see the module's invariants.
