@@ -55,29 +55,38 @@ impl LogCache {
         }
         self.bytes += size;
         self.entries.push_back((entry, size));
-        while self.bytes > MAX_BYTES || self.entries.len() > MAX_ENTRIES {
-            match self.entries.pop_front() {
-                Some((_, s)) => self.bytes -= s,
-                None => break,
-            }
-        }
+        while (self.bytes > MAX_BYTES || self.entries.len() > MAX_ENTRIES) && self.pop_front() {}
     }
 
     /// Drops the entries at `index` and after (a truncate).
     pub fn remove_from(&mut self, index: u64) {
-        while self.last_index().is_some_and(|last| last >= index) {
-            if let Some((_, s)) = self.entries.pop_back() {
-                self.bytes -= s;
-            }
-        }
+        while self.last_index().is_some_and(|last| last >= index) && self.pop_back() {}
     }
 
     /// Drops the entries up to and including `index` (a purge).
     pub fn remove_through(&mut self, index: u64) {
-        while self.first_index().is_some_and(|first| first <= index) {
-            if let Some((_, s)) = self.entries.pop_front() {
-                self.bytes -= s;
+        while self.first_index().is_some_and(|first| first <= index) && self.pop_front() {}
+    }
+
+    /// Drops the oldest entry and its bytes; false when there is none.
+    fn pop_front(&mut self) -> bool {
+        let popped = self.entries.pop_front();
+        self.forget(popped)
+    }
+
+    /// Drops the newest entry and its bytes; false when there is none.
+    fn pop_back(&mut self) -> bool {
+        let popped = self.entries.pop_back();
+        self.forget(popped)
+    }
+
+    fn forget(&mut self, popped: Option<(Entry<TypeConfig>, usize)>) -> bool {
+        match popped {
+            Some((_, size)) => {
+                self.bytes -= size;
+                true
             }
+            None => false,
         }
     }
 
