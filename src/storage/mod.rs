@@ -191,6 +191,27 @@ impl std::fmt::Debug for Storage {
     }
 }
 
+/// The most bytes all memtables hold together before RocksDB flushes the oldest.
+const MEMTABLE_BUDGET_BYTES: usize = 48 << 20;
+/// The block cache every column family's table readers share.
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
+
+/// A column family's options: its memtable size by what it holds (the key-values and the raft
+/// log take nearly every write; the rest are a few small, often rewritten keys, which a small
+/// memtable keeps cheap to insert into), and the shared block cache.
+fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
+    let mut o = Options::default();
+    o.set_write_buffer_size(match cf {
+        Cf::Kv => 16 << 20,
+        Cf::RaftLog => 8 << 20,
+        _ => 2 << 20,
+    });
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    o.set_block_based_table_factory(&table);
+    o
+}
+
 /// The most bytes of one RocksDB info log file before it is rotated.
 const LOG_FILE_MAX_BYTES: usize = 16 << 20;
 /// The RocksDB info log files kept (the current one included).
@@ -216,9 +237,13 @@ impl Storage {
         // A quiet column family (meta, leases) keeps every log file alive until it is flushed:
         // past this size RocksDB flushes it, so a start after a crash replays a bounded log.
         opts.set_max_total_wal_size(128 << 20);
+        // Memory does not grow with the data: every column family's memtables share one budget
+        // (past it RocksDB flushes), and every table reader one block cache.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET_BYTES);
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES)?;
         let cfs = Cf::ALL
             .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Storage {
             db: Arc::new(db),
