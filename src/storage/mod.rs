@@ -206,10 +206,26 @@ fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
         Cf::RaftLog => 8 << 20,
         _ => 2 << 20,
     });
+    o.set_block_based_table_factory(&shared_cache_tables(cache));
+    o
+}
+
+/// Table options that read through `cache` (instead of a cache per column family).
+fn shared_cache_tables(cache: &rocksdb::Cache) -> rocksdb::BlockBasedOptions {
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(cache);
-    o.set_block_based_table_factory(&table);
-    o
+    table
+}
+
+/// Options every instance is opened with, read-write or read-only: RocksDB's own LOG at info
+/// level (Debian's build logs at debug level, a line for every WAL sync: a formatted write on
+/// the fsync path and gigabytes a day under load), rotated and bounded.
+fn base_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_log_level(rocksdb::LogLevel::Info);
+    opts.set_max_log_file_size(LOG_FILE_MAX_BYTES);
+    opts.set_keep_log_file_num(LOG_FILES_KEPT);
+    opts
 }
 
 /// The most bytes of one RocksDB info log file before it is rotated.
@@ -224,16 +240,10 @@ impl Storage {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut opts = Options::default();
+        let mut opts = base_options();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        // RocksDB's own LOG: Debian's build logs at debug level, a line for every WAL sync (a
-        // formatted write on the fsync path and gigabytes a day under load). Info level keeps
-        // flushes, compactions and errors; the files are rotated and bounded.
-        opts.set_log_level(rocksdb::LogLevel::Info);
-        opts.set_max_log_file_size(LOG_FILE_MAX_BYTES);
-        opts.set_keep_log_file_num(LOG_FILES_KEPT);
         // A quiet column family (meta, leases) keeps every log file alive until it is flushed:
         // past this size RocksDB flushes it, so a start after a crash replays a bounded log.
         opts.set_max_total_wal_size(128 << 20);
@@ -388,9 +398,16 @@ impl Storage {
     /// families it has. Column families of [`Cf::ALL`] it lacks fail with
     /// [`StorageError::MissingCf`] when used.
     pub fn open_read_only(path: &Path) -> Result<Storage, StorageError> {
-        let opts = Options::default();
-        let names = DB::list_cf(&opts, path)?;
-        let db = DB::open_cf_for_read_only(&opts, path, names, false)?;
+        // The same bounds as a read-write instance: one block cache for every column family
+        // (these opens scan whole checkpoints), the info log as `base_options` sets it.
+        let opts = base_options();
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES)?;
+        let cfs = DB::list_cf(&opts, path)?.into_iter().map(|name| {
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&shared_cache_tables(&cache));
+            ColumnFamilyDescriptor::new(name, o)
+        });
+        let db = DB::open_cf_descriptors_read_only(&opts, path, cfs, false)?;
         Ok(Storage {
             db: Arc::new(db),
             path: path.to_path_buf(),
