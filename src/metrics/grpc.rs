@@ -22,6 +22,9 @@ use prometheus::{
 
 use super::MetricsError;
 
+/// The `grpc-status` header or trailer name, parsed once (a lookup by `&str` parses it each time).
+pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// The `grpc_server_*` families.
 #[derive(Debug, Clone)]
 pub struct GrpcMetrics {
@@ -336,7 +339,7 @@ where
                 if let Some(trailers) = frame.trailers_ref() {
                     if !this.received {
                         let code = trailers
-                            .get("grpc-status")
+                            .get(GRPC_STATUS)
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.parse::<i32>().ok())
                             .unwrap_or(2);

@@ -22,13 +22,19 @@ use crate::proto::etcdserverpb::{
     request_op::Request as TxnOp, DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest,
 };
 
+/// The `token` metadata key, parsed once (a lookup by `&str` parses the name every time).
+const TOKEN: http::HeaderName = http::HeaderName::from_static("token");
+
 /// The auth token of `req`: its `token` metadata, or `authorization` (etcd reads both).
 pub fn token<T>(req: &Request<T>) -> Option<String> {
-    let md = req.metadata();
-    md.get("token")
-        .or_else(|| md.get("authorization"))
+    token_str(req).map(str::to_string)
+}
+
+fn token_str<T>(req: &Request<T>) -> Option<&str> {
+    let md: &http::HeaderMap = req.metadata().as_ref();
+    md.get(TOKEN)
+        .or_else(|| md.get(http::header::AUTHORIZATION))
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
 }
 
 /// The caller of `req`: the user its `token` (or `authorization`) metadata names, as etcd
@@ -40,16 +46,26 @@ pub fn token<T>(req: &Request<T>) -> Option<String> {
 pub async fn caller<T>(node: &Node, req: &Request<T>) -> Result<Option<Caller>, EtcdError> {
     // Checks read this member's auth state: first let it catch up with every auth change
     // committed before the request (etcd checks in apply, which gives the same order).
-    if node.auth.enabled() || token(req).is_some() {
+    let token = token_str(req);
+    if node.auth.enabled() || token.is_some() {
         node.linearizable_barrier().await?;
     }
-    caller_local(node, req).await
+    resolve(node, req, token).await
 }
 
 /// [`caller`] from this member's auth state as it is (for serializable reads, which accept a
 /// member that lags).
 pub async fn caller_local<T>(node: &Node, req: &Request<T>) -> Result<Option<Caller>, EtcdError> {
-    match token(req).as_deref() {
+    resolve(node, req, token_str(req)).await
+}
+
+/// The caller `token` (read from `req`) names, as [`caller_local`] describes.
+async fn resolve<T>(
+    node: &Node,
+    req: &Request<T>,
+    token: Option<&str>,
+) -> Result<Option<Caller>, EtcdError> {
+    match token {
         // With `--client-cert-auth`, a TLS client's certificate names the user (etcd's
         // AuthInfoFromTLS); the gateway never passes it on.
         None if node.auth.enabled() => Ok(Some(match req.extensions().get::<ClientCommonName>() {

@@ -17,8 +17,10 @@ pub fn require_leader<T>(node: &Node, req: &Request<T>) -> Result<(), EtcdError>
 
 /// Whether the client asked for a leader with the `hasleader: true` metadata.
 pub fn wants_leader<T>(req: &Request<T>) -> bool {
-    req.metadata()
-        .get("hasleader")
+    /// Parsed once: a lookup by `&str` parses the name on every request.
+    const HAS_LEADER: http::HeaderName = http::HeaderName::from_static("hasleader");
+    AsRef::<http::HeaderMap>::as_ref(req.metadata())
+        .get(HAS_LEADER)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }

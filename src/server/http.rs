@@ -266,7 +266,7 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
                 // A trailers-only response (an error) carries its status in the headers.
                 if let Some(code) = resp
                     .headers()
-                    .get("grpc-status")
+                    .get(crate::metrics::grpc::GRPC_STATUS)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok())
                 {
