@@ -312,3 +312,71 @@ mod tests {
         );
     }
 }
+
+/// The JWT settings from `--auth-token`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtOptions {
+    /// The PEM public key that verifies tokens.
+    pub pub_key: PathBuf,
+    /// The PEM private key that signs tokens (a member without one only verifies).
+    pub priv_key: Option<PathBuf>,
+    /// The signing method, e.g. `RS256` or `ES256`.
+    pub sign_method: String,
+    /// How long a token is valid.
+    pub ttl: Duration,
+}
+
+/// Parses `--auth-token`: `simple`, or `jwt` with comma-separated `key=value` options
+/// (`pub-key`, `priv-key`, `sign-method`, `ttl`). `Ok(None)` means simple tokens.
+pub fn parse_auth_token(raw: &str) -> Result<Option<JwtOptions>, String> {
+    let mut parts = raw.split(',').map(str::trim);
+    match parts.next() {
+        Some("simple") => {
+            if parts.next().is_some() {
+                return Err("simple tokens take no options".to_string());
+            }
+            Ok(None)
+        }
+        Some("jwt") => {
+            let mut pub_key = None;
+            let mut priv_key = None;
+            let mut sign_method = None;
+            let mut ttl = Duration::from_secs(300);
+            for p in parts.filter(|p| !p.is_empty()) {
+                let (k, v) = p
+                    .split_once('=')
+                    .ok_or_else(|| format!("jwt option {p:?} is not key=value"))?;
+                match k {
+                    "pub-key" => pub_key = Some(PathBuf::from(v)),
+                    "priv-key" => priv_key = Some(PathBuf::from(v)),
+                    "sign-method" => {
+                        const METHODS: [&str; 9] = [
+                            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+                            "EdDSA",
+                        ];
+                        if !METHODS.contains(&v) {
+                            return Err(format!(
+                                "jwt sign-method {v:?} is not one of {}",
+                                METHODS.join(", ")
+                            ));
+                        }
+                        sign_method = Some(v.to_string())
+                    }
+                    "ttl" => {
+                        ttl = parse_duration(v)
+                            .filter(|d| !d.is_zero())
+                            .ok_or_else(|| format!("jwt ttl {v:?} is not a positive duration"))?
+                    }
+                    other => return Err(format!("unknown jwt option {other:?}")),
+                }
+            }
+            Ok(Some(JwtOptions {
+                pub_key: pub_key.ok_or("jwt needs pub-key=<PEM file>")?,
+                priv_key,
+                sign_method: sign_method.ok_or("jwt needs sign-method=<RS256, ES256, ...>")?,
+                ttl,
+            }))
+        }
+        _ => Err("expected simple or jwt,pub-key=...,priv-key=...,sign-method=...".to_string()),
+    }
+}

@@ -2,6 +2,7 @@
 
 use super::*;
 use clap::Parser;
+use std::time::Duration;
 
 fn flags(args: &[&str]) -> Flags {
     let mut v = vec!["oxcd"];
