@@ -381,11 +381,28 @@ impl Mvcc {
     }
 }
 
+/// A writer's uncommitted puts, by revision: each names its entry in the writer's changes, so
+/// a value is held once however many of the batch's reads and watchers want it.
+#[derive(Clone, Copy)]
+struct Pending<'a> {
+    at: &'a HashMap<Revision, usize>,
+    changes: &'a [(i64, KeyValue, bool)],
+}
+
+impl<'a> Pending<'a> {
+    fn get(&self, rev: &Revision) -> Option<&'a KeyValue> {
+        self.at
+            .get(rev)
+            .and_then(|&i| self.changes.get(i))
+            .map(|(_, kv, _)| kv)
+    }
+}
+
 /// The key-values of `vis`: from `pending` (a writer's uncommitted puts) where there, the rest
 /// through `multi_get` (the `kv` column family of the store, or of a consistent view of it).
 fn fetch_values(
     multi_get: impl FnOnce(&[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError>,
-    pending: Option<&HashMap<Revision, KeyValue>>,
+    pending: Option<Pending<'_>>,
     vis: &[Visible],
 ) -> Result<Vec<KeyValue>, StorageError> {
     let mut out: Vec<Option<KeyValue>> = vec![None; vis.len()];
@@ -423,7 +440,7 @@ fn range_in(
     index: &Index,
     view: i64,
     storage: &Storage,
-    pending: Option<&HashMap<Revision, KeyValue>>,
+    pending: Option<Pending<'_>>,
     r: &RangeRequest,
 ) -> Result<RangeResult, ReadError> {
     let plan = plan_range(index, view, r)?;
@@ -596,7 +613,8 @@ impl TxnState {
 pub struct Writer<'a> {
     mvcc: &'a Mvcc,
     index: RwLockWriteGuard<'a, Index>,
-    pending: HashMap<Revision, KeyValue>,
+    /// The puts of this writer by revision, as positions in `changes`.
+    pending: HashMap<Revision, usize>,
     changes: Vec<(i64, KeyValue, bool)>,
     batch: Batch,
     /// Compactions' stored rows, queued for deletion at commit.
@@ -644,6 +662,13 @@ impl Writer<'_> {
         &mut self.batch
     }
 
+    fn pending(&self) -> Pending<'_> {
+        Pending {
+            at: &self.pending,
+            changes: &self.changes,
+        }
+    }
+
     /// The key as visible inside the transaction.
     pub fn get(&self, t: &TxnState, key: &[u8]) -> Option<Visible> {
         self.index.get(key, t.view())
@@ -658,7 +683,7 @@ impl Writer<'_> {
     pub fn values(&self, vis: &[Visible]) -> Result<Vec<KeyValue>, StorageError> {
         fetch_values(
             |k| self.mvcc.storage.multi_get(Cf::Kv, k),
-            Some(&self.pending),
+            Some(self.pending()),
             vis,
         )
     }
@@ -669,7 +694,7 @@ impl Writer<'_> {
             &self.index,
             t.view(),
             &self.mvcc.storage,
-            Some(&self.pending),
+            Some(self.pending()),
             r,
         )
     }
@@ -704,8 +729,8 @@ impl Writer<'_> {
                 },
             },
         );
-        self.changes.push((main, kv.clone(), false));
-        self.pending.insert(rev, kv);
+        self.pending.insert(rev, self.changes.len());
+        self.changes.push((main, kv, false));
         main
     }
 

@@ -182,7 +182,7 @@ async fn write(
     // not have been cleared yet.)
     let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
     tokio::select! {
-        res = tokio::time::timeout(timeout, raft.client_write(op)) => match res {
+        res = tokio::time::timeout(timeout, raft.client_write(Arc::new(op))) => match res {
             Err(_) => Err(ProposeError::Timeout),
             Ok(Ok(resp)) => Ok(resp.data),
             Ok(Err(e)) => Err(forward_err(e, me)),

@@ -54,8 +54,11 @@ use crate::types::Member;
 
 openraft::declare_raft_types!(
     /// oxcd's openraft type configuration: etcd member IDs as node IDs, [`Op`] as log payload.
+    /// The payload is shared (`Arc`): openraft clones entries (the log cache hands out copies
+    /// for apply and replication), and a clone must not copy a batch of values. An `Arc<Op>`
+    /// encodes exactly as the `Op` (serde's `rc`), so the log's format is unchanged.
     pub TypeConfig:
-        D = Op,
+        D = std::sync::Arc<Op>,
         R = Applied,
         NodeId = u64,
         Node = Member,
