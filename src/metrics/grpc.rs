@@ -23,7 +23,15 @@ use prometheus::{
 use super::MetricsError;
 
 /// The `grpc-status` header or trailer name, parsed once (a lookup by `&str` parses it each time).
-pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
+/// The status code a response's headers (trailers-only) or trailers carry, if any.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
+    headers
+        .get(GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
 
 /// The `grpc_server_*` families.
 #[derive(Debug, Clone)]
@@ -338,11 +346,7 @@ where
                 }
                 if let Some(trailers) = frame.trailers_ref() {
                     if !this.received {
-                        let code = trailers
-                            .get(GRPC_STATUS)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse::<i32>().ok())
-                            .unwrap_or(2);
+                        let code = grpc_status(trailers).unwrap_or(2);
                         this.call.lock().finish(code);
                     }
                 }

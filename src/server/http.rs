@@ -264,12 +264,7 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
             async move {
                 let resp = grpc.call(req).await?;
                 // A trailers-only response (an error) carries its status in the headers.
-                if let Some(code) = resp
-                    .headers()
-                    .get(crate::metrics::grpc::GRPC_STATUS)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                {
+                if let Some(code) = crate::metrics::grpc::grpc_status(resp.headers()) {
                     call.lock().finish(code);
                 }
                 Ok(resp.map(|b| Body::new(Counted::new(b, call, false))))
