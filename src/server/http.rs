@@ -109,6 +109,8 @@ pub struct ClientService {
     access: Arc<HttpAccess>,
     /// Whether the connection is TLS (the host whitelist applies only without).
     tls: bool,
+    /// The port's gRPC calls whose responses are being produced (see [`super::coalesce`]).
+    calls: super::coalesce::Calls,
 }
 
 impl ClientService {
@@ -120,6 +122,7 @@ impl ClientService {
             common_name: None,
             access: Arc::new(access),
             tls: false,
+            calls: super::coalesce::Calls::default(),
         }
     }
 }
@@ -260,9 +263,11 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
         let call = Arc::new(parking_lot::Mutex::new(call));
         let req = req.map(|b| Counted::new(b, call.clone(), true));
         let mut grpc = self.grpc.clone();
+        let in_progress = self.calls.enter();
         Box::pin(tracing::Instrument::instrument(
             async move {
                 let resp = grpc.call(req).await?;
+                drop(in_progress);
                 // A trailers-only response (an error) carries its status in the headers.
                 if let Some(code) = crate::metrics::grpc::grpc_status(resp.headers()) {
                     call.lock().finish(code);
@@ -322,6 +327,7 @@ async fn serve_io<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let io = super::coalesce::Coalesced::new(io, svc.calls.clone());
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
         .into_owned();

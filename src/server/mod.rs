@@ -8,6 +8,7 @@
 pub mod access;
 pub mod auth;
 pub mod cluster;
+pub mod coalesce;
 pub mod election;
 pub mod error;
 pub mod guard;
