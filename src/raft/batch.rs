@@ -3,8 +3,9 @@
 //! apply) is shared, as etcd shares it across the proposals of one raft `Ready`.
 //!
 //! Invariants:
-//! - A batch is formed only from proposals already waiting when the previous batch was handed to
-//!   raft: a lone write is proposed at once, as itself (no added latency at low load).
+//! - A batch is formed from the proposals waiting when a slot frees up: a lone write is proposed
+//!   at once, as itself (no added latency at low load). The batching task takes a slot only once
+//!   a proposal waits, so an idle slot stays free for the direct path.
 //! - At most [`MAX_IN_FLIGHT`] batches are in raft at once; proposals arriving meanwhile wait and
 //!   form the next batch. A batch holds at most [`MAX_OPS`] ops and about [`MAX_BYTES`] bytes.
 //! - The bytes waiting in the queue are counted ([`MAX_QUEUED_BYTES`]); a proposal that would
@@ -107,10 +108,13 @@ pub(super) async fn run(slots: Slots, mut rx: mpsc::UnboundedReceiver<Pending>) 
         queued,
     } = slots;
     loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+        // The slot is taken only once a proposal waits: a free slot must stay free for the
+        // direct path while the queue is empty (with one slot, holding it idle here sent every
+        // lone write through this task: two more task hops per put).
+        let Some(first) = rx.recv().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
         let mut bytes = first.0.size_hint();
