@@ -633,7 +633,7 @@ impl RaftNode {
         // A leader cut off from the others never answers before the request timeout; once this
         // member follows someone else, the write is answered at once as etcd does, so the client
         // tries again with the new leader instead of waiting out the timeout.
-        let mut metrics = self.shared.raft.metrics();
+        let mut metrics = self.shared.raft.server_metrics();
         let moved_on = async move {
             loop {
                 if metrics.borrow_and_update().current_leader != Some(leader) {

@@ -12,15 +12,29 @@ use openraft::ServerState;
 use super::{membership, MemberInfo, ProposeError, RaftNode};
 use crate::types::Member;
 
-/// Notifies of changes to raft's state.
+/// Notifies of changes to raft's state as the role, the leader and the gauges see it: the
+/// vote, role, leader and membership (openraft's server metrics, which change only when one of
+/// them does) and the check-quorum flag. Not of log progress: openraft's full metrics change on
+/// every append, commit and apply, and each task waiting on them (the health status, the leader
+/// gauges, the stop watch: three on every member) was woken for every write.
 pub struct RaftWatch {
-    rx: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, Member>>,
+    server: tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<u64, Member>>,
+    lost: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RaftWatch {
     /// Waits for the next change; `Err` once raft has stopped.
     pub async fn changed(&mut self) -> Result<(), ProposeError> {
-        self.rx.changed().await.map_err(|_| ProposeError::Stopped)
+        tokio::select! {
+            r = self.server.changed() => r.map_err(|_| ProposeError::Stopped),
+            r = self.lost.changed() => {
+                if r.is_err() {
+                    // The flag's sender lives as long as the member: only raft's end is left.
+                    return self.server.changed().await.map_err(|_| ProposeError::Stopped);
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -154,19 +168,25 @@ impl RaftNode {
     /// A receiver that changes whenever raft's state (leader, term, log) changes.
     pub fn leader_changes(&self) -> RaftWatch {
         RaftWatch {
-            rx: self.shared.raft.metrics(),
+            server: self.shared.raft.server_metrics(),
+            lost: self.shared.liveness.quorum_lost(),
         }
     }
 
     /// Resolves when raft stops, with the reason when it stopped on an error.
     pub async fn stopped(&self) -> Option<String> {
-        let mut rx = self.shared.raft.metrics();
+        // Raft's core owns the server metrics' sender: it is gone once the core has ended, and
+        // the core reports why in its full metrics before it ends.
+        let mut server = self.shared.raft.server_metrics();
         loop {
-            if let Err(e) = &rx.borrow().running_state {
+            if let Err(e) = &self.shared.raft.metrics().borrow().running_state {
                 return Some(e.to_string());
             }
-            if rx.changed().await.is_err() {
-                return None;
+            if server.changed().await.is_err() {
+                return match &self.shared.raft.metrics().borrow().running_state {
+                    Err(e) => Some(e.to_string()),
+                    Ok(()) => None,
+                };
             }
         }
     }
@@ -174,7 +194,9 @@ impl RaftNode {
     /// Resolves when this member sees itself removed from the cluster.
     /// (Its own membership says so, or a peer answered its raft messages that way.)
     pub async fn removed(&self) {
-        let mut rx = self.shared.raft.metrics();
+        // The membership is part of the server metrics (which change only with it, the vote,
+        // the role or the leader).
+        let mut rx = self.shared.raft.server_metrics();
         let mut told = self.shared.peers.removed();
         loop {
             if self.is_removed() || *told.borrow_and_update() {
