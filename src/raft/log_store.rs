@@ -4,6 +4,12 @@
 //! - An append is written at once (so readers see it) and acknowledged to openraft only after an
 //!   fsync of the write-ahead log; one fsync covers every append waiting at that moment (group
 //!   commit on a dedicated thread).
+//! - Unless this member leads others ([`LogStore::set_in_place`]), an append is synced in place
+//!   instead, before `append` returns, but only when no append is waiting on the sync thread:
+//!   acknowledgements stay in log order. A follower has nothing to do meanwhile but answer the
+//!   leader once the entries are durable, nor does a lone member; the two thread hand-offs cost
+//!   them more than the wait. A leader of others syncs on the thread, so that it sends the
+//!   entries to its followers while its own fsync runs.
 //! - The vote is written with a sync write before `save_vote` returns.
 //! - The committed log id is written along with the next append (it may lag on disk, never lead:
 //!   openraft only ever reports a committed id that is already in the log).
@@ -53,6 +59,10 @@ struct Inner {
     /// The highest committed index openraft has reported.
     committed: std::sync::atomic::AtomicU64,
     syncer: parking_lot::Mutex<Option<mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    /// Appends handed to the sync thread and not yet acknowledged.
+    at_syncer: Arc<std::sync::atomic::AtomicUsize>,
+    /// Whether appends are synced in place (this member does not lead others).
+    in_place: std::sync::atomic::AtomicBool,
     /// The committed log id openraft last reported, until an append writes it along.
     unsaved_committed: parking_lot::Mutex<Option<Option<LogId<u64>>>>,
     /// The newest entries as appended (bounded).
@@ -107,6 +117,18 @@ pub(crate) fn last_purged(storage: &Storage) -> Result<Option<LogId<u64>>, SErr>
     }
 }
 
+/// Syncs the log's writes and records how long it took, for either way an append is synced.
+fn sync_and_observe(storage: &Storage) -> Result<(), crate::storage::StorageError> {
+    let started = std::time::Instant::now();
+    crate::crash_point!("raft-log-before-sync");
+    let res = sync_wal(storage);
+    crate::crash_point!("raft-log-after-sync");
+    crate::metrics::get()
+        .wal_fsync
+        .observe(started.elapsed().as_secs_f64());
+    res
+}
+
 /// Syncs the log's writes; the `raft-log-sync-error` failpoint makes it fail as a dying disk
 /// would (openraft then stops, and the member with it: after a failed fsync nothing written
 /// since the last good one can be trusted).
@@ -126,6 +148,8 @@ impl LogStore {
     pub fn new(storage: Storage) -> io::Result<LogStore> {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let sync_storage = storage.clone();
+        let at_syncer = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let acknowledged = at_syncer.clone();
         let thread = std::thread::Builder::new()
             .name("oxcd-log-sync".to_string())
             .spawn(move || {
@@ -135,13 +159,8 @@ impl LogStore {
                     while let Ok(more) = rx.try_recv() {
                         waiting.push(more);
                     }
-                    let started = std::time::Instant::now();
-                    crate::crash_point!("raft-log-before-sync");
-                    let res = sync_wal(&sync_storage);
-                    crate::crash_point!("raft-log-after-sync");
-                    crate::metrics::get()
-                        .wal_fsync
-                        .observe(started.elapsed().as_secs_f64());
+                    let res = sync_and_observe(&sync_storage);
+                    let count = waiting.len();
                     for cb in waiting {
                         let r = match &res {
                             Ok(()) => Ok(()),
@@ -149,6 +168,7 @@ impl LogStore {
                         };
                         cb.log_io_completed(r);
                     }
+                    acknowledged.fetch_sub(count, std::sync::atomic::Ordering::SeqCst);
                 }
             })?;
         Ok(LogStore {
@@ -156,11 +176,22 @@ impl LogStore {
                 committed: std::sync::atomic::AtomicU64::new(0),
                 storage,
                 syncer: parking_lot::Mutex::new(Some(tx)),
+                at_syncer,
+                in_place: std::sync::atomic::AtomicBool::new(false),
                 unsaved_committed: parking_lot::Mutex::default(),
                 cache: parking_lot::Mutex::default(),
                 thread: parking_lot::Mutex::new(Some(thread)),
             }),
         })
+    }
+
+    /// Says whether appends are to be synced in place (this member does not lead others).
+    /// Only how an append is synced depends on it, never whether: a stale answer costs time,
+    /// not durability.
+    pub fn set_in_place(&self, in_place: bool) {
+        self.inner
+            .in_place
+            .store(in_place, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The id of the last entry in the log (or the last purged one), for pre-votes.
@@ -193,6 +224,33 @@ impl LogStore {
 
     fn decode(raw: &[u8]) -> Result<Entry<TypeConfig>, SErr> {
         bincode::deserialize(raw).map_err(read_err)
+    }
+}
+
+/// Keeps [`LogStore::set_in_place`] current from raft's server metrics (which change with the
+/// role and the membership) until raft stops: in place unless this member leads and the
+/// configuration holds another member beside `me`.
+pub(super) async fn follow_role(
+    log: LogStore,
+    mut server: tokio::sync::watch::Receiver<
+        openraft::metrics::RaftServerMetrics<u64, crate::types::Member>,
+    >,
+    me: u64,
+) {
+    loop {
+        let in_place = {
+            let m = server.borrow_and_update();
+            let mut others = m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != me);
+            m.state != openraft::ServerState::Leader || others.next().is_none()
+        };
+        log.set_in_place(in_place);
+        if server.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -330,14 +388,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         res?;
+        use std::sync::atomic::Ordering;
+        // In place only with nothing at the sync thread: this fsync covers the earlier appends
+        // too, but their acknowledgements must not come after this one's.
+        if self.inner.in_place.load(Ordering::SeqCst)
+            && self.inner.at_syncer.load(Ordering::SeqCst) == 0
+        {
+            let r = sync_and_observe(&self.inner.storage);
+            callback.log_io_completed(r.map_err(|e| io::Error::other(e.to_string())));
+            return Ok(());
+        }
         let stopped = || write_err(io::Error::other("log sync thread stopped"));
-        self.inner
-            .syncer
-            .lock()
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(callback)
-            .map_err(|_| stopped())
+        let syncer = self.inner.syncer.lock();
+        let syncer = syncer.as_ref().ok_or_else(stopped)?;
+        self.inner.at_syncer.fetch_add(1, Ordering::SeqCst);
+        syncer.send(callback).map_err(|_| {
+            self.inner.at_syncer.fetch_sub(1, Ordering::SeqCst);
+            stopped()
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {

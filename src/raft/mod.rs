@@ -545,6 +545,11 @@ impl RaftNode {
                 liveness,
             }),
         };
+        tokio::spawn(log_store::follow_role(
+            node.shared.log.clone(),
+            node.shared.raft.server_metrics(),
+            id,
+        ));
         tokio::spawn(elect::run(Arc::downgrade(&node.shared)));
         tokio::spawn(batch::run_remote_reads(
             Arc::downgrade(&node.shared),
