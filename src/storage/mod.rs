@@ -198,12 +198,15 @@ const BLOCK_CACHE_BYTES: usize = 32 << 20;
 
 /// A column family's options: its memtable size by what it holds (the key-values and the raft
 /// log take nearly every write; the rest are a few small, often rewritten keys, which a small
-/// memtable keeps cheap to insert into), and the shared block cache.
+/// memtable keeps cheap to insert into), and the shared block cache. A memtable is resident
+/// memory until it is flushed: with 16 and 8 MiB for the key-values and the log, one member
+/// holding 100,000 keys of 256 bytes was 87-89 MiB resident, with 8 and 4 MiB 76-80, with no
+/// fewer puts per second (100 clients).
 fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
     let mut o = Options::default();
     o.set_write_buffer_size(match cf {
-        Cf::Kv => 16 << 20,
-        Cf::RaftLog => 8 << 20,
+        Cf::Kv => 8 << 20,
+        Cf::RaftLog => 4 << 20,
         _ => 2 << 20,
     });
     o.set_block_based_table_factory(&shared_cache_tables(cache));
