@@ -1,4 +1,5 @@
-//! openraft's storage conformance suite against the RocksDB log store and state machine.
+//! openraft's storage conformance suite against the RocksDB log store and state machine, with
+//! appends synced on the sync thread (a member among others) and in place (a lone member).
 
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{AnyError, StorageError, StorageIOError};
@@ -11,7 +12,8 @@ use crate::lease::{Lessor, SystemClock};
 use crate::mvcc::Mvcc;
 use crate::storage::Storage;
 
-struct Builder;
+/// Builds stores whose appends are synced in place when the flag is set.
+struct Builder(bool);
 
 fn err(e: impl std::error::Error + 'static) -> StorageError<u64> {
     StorageIOError::write_logs(AnyError::new(&e)).into()
@@ -26,6 +28,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let mvcc = Mvcc::open(storage.clone()).map_err(err)?;
         let leases = Lessor::open(storage.clone(), Arc::new(SystemClock)).map_err(err)?;
         let log = LogStore::new(storage.clone()).map_err(err)?;
+        log.set_in_place(self.0);
         let auth =
             AuthStore::open(storage.clone(), std::time::Duration::from_secs(300)).map_err(err)?;
         let alarms = crate::apply::Alarms::open(storage.clone()).map_err(err)?;
@@ -42,5 +45,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
 
 #[test]
 fn openraft_storage_suite() -> Result<(), StorageError<u64>> {
-    Suite::test_all(Builder)
+    Suite::test_all(Builder(false))
+}
+
+#[test]
+fn openraft_storage_suite_syncing_in_place() -> Result<(), StorageError<u64>> {
+    Suite::test_all(Builder(true))
 }

@@ -4,12 +4,12 @@
 //! - An append is written at once (so readers see it) and acknowledged to openraft only after an
 //!   fsync of the write-ahead log; one fsync covers every append waiting at that moment (group
 //!   commit on a dedicated thread).
-//! - Unless this member leads others ([`LogStore::set_in_place`]), an append is synced in place
-//!   instead, before `append` returns, but only when no append is waiting on the sync thread:
-//!   acknowledgements stay in log order. A follower has nothing to do meanwhile but answer the
-//!   leader once the entries are durable, nor does a lone member; the two thread hand-offs cost
-//!   them more than the wait. A leader of others syncs on the thread, so that it sends the
-//!   entries to its followers while its own fsync runs.
+//! - While the cluster is this member alone ([`LogStore::set_in_place`]), an append is synced
+//!   in place instead, before `append` returns, but only when no append is waiting on the sync
+//!   thread: acknowledgements stay in log order. A lone member has nothing else for raft to do
+//!   meanwhile, and the two thread hand-offs cost it more than the wait. With other members the
+//!   thread syncs: a leader sends the entries to its followers while its own fsync runs, and a
+//!   follower keeps answering heartbeats (the leader's read-index rounds) during its fsync.
 //! - The vote is written with a sync write before `save_vote` returns.
 //! - The committed log id is written along with the next append (it may lag on disk, never lead:
 //!   openraft only ever reports a committed id that is already in the log).
@@ -61,7 +61,7 @@ struct Inner {
     syncer: parking_lot::Mutex<Option<mpsc::Sender<LogFlushed<TypeConfig>>>>,
     /// Appends handed to the sync thread and not yet acknowledged.
     at_syncer: Arc<std::sync::atomic::AtomicUsize>,
-    /// Whether appends are synced in place (this member does not lead others).
+    /// Whether appends are synced in place (the cluster is this member alone).
     in_place: std::sync::atomic::AtomicBool,
     /// The committed log id openraft last reported, until an append writes it along.
     unsaved_committed: parking_lot::Mutex<Option<Option<LogId<u64>>>>,
@@ -185,7 +185,7 @@ impl LogStore {
         })
     }
 
-    /// Says whether appends are to be synced in place (this member does not lead others).
+    /// Says whether appends are to be synced in place (the cluster is this member alone).
     /// Only how an append is synced depends on it, never whether: a stale answer costs time,
     /// not durability.
     pub fn set_in_place(&self, in_place: bool) {
@@ -228,9 +228,9 @@ impl LogStore {
 }
 
 /// Keeps [`LogStore::set_in_place`] current from raft's server metrics (which change with the
-/// role and the membership) until raft stops: in place unless this member leads and the
-/// configuration holds another member beside `me`.
-pub(super) async fn follow_role(
+/// membership) until raft stops: in place while the configuration holds member `me` and no
+/// other, voter or learner.
+pub(super) async fn follow_membership(
     log: LogStore,
     mut server: tokio::sync::watch::Receiver<
         openraft::metrics::RaftServerMetrics<u64, crate::types::Member>,
@@ -240,12 +240,8 @@ pub(super) async fn follow_role(
     loop {
         let in_place = {
             let m = server.borrow_and_update();
-            let mut others = m
-                .membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != me);
-            m.state != openraft::ServerState::Leader || others.next().is_none()
+            let mut nodes = m.membership_config.membership().nodes().map(|(id, _)| *id);
+            nodes.next() == Some(me) && nodes.next().is_none()
         };
         log.set_in_place(in_place);
         if server.changed().await.is_err() {

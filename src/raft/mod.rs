@@ -545,7 +545,7 @@ impl RaftNode {
                 liveness,
             }),
         };
-        tokio::spawn(log_store::follow_role(
+        tokio::spawn(log_store::follow_membership(
             node.shared.log.clone(),
             node.shared.raft.server_metrics(),
             id,
