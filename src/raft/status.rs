@@ -165,7 +165,8 @@ impl RaftNode {
             .unwrap_or(0)
     }
 
-    /// A receiver that changes whenever raft's state (leader, term, log) changes.
+    /// A receiver that changes whenever raft's vote, role, leader or membership changes, or this
+    /// leader loses or regains its quorum (not with log progress).
     pub fn leader_changes(&self) -> RaftWatch {
         RaftWatch {
             server: self.shared.raft.server_metrics(),
@@ -178,16 +179,15 @@ impl RaftNode {
         // Raft's core owns the server metrics' sender: it is gone once the core has ended, and
         // the core reports why in its full metrics before it ends.
         let mut server = self.shared.raft.server_metrics();
+        let mut ended = false;
         loop {
             if let Err(e) = &self.shared.raft.metrics().borrow().running_state {
                 return Some(e.to_string());
             }
-            if server.changed().await.is_err() {
-                return match &self.shared.raft.metrics().borrow().running_state {
-                    Err(e) => Some(e.to_string()),
-                    Ok(()) => None,
-                };
+            if ended {
+                return None;
             }
+            ended = server.changed().await.is_err();
         }
     }
 
