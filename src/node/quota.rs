@@ -177,6 +177,16 @@ impl Node {
             m.db_size_in_use.set(live as i64);
         }
         m.current_revision.set(self.mvcc.current_revision());
+        m.keys_total.set(self.mvcc.key_count() as i64);
+        if let Ok(mem) = self.storage.memory() {
+            for (cf, bytes) in mem.memtables {
+                m.storage_memtables
+                    .with_label_values(&[cf.name()])
+                    .set(bytes as i64);
+            }
+            m.storage_block_cache.set(mem.block_cache as i64);
+            m.storage_table_readers.set(mem.table_readers as i64);
+        }
         m.compact_revision.set(self.mvcc.compacted_revision());
         let stats = &self.mvcc.hub().stats;
         Metrics::advance(

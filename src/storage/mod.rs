@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 
 /// A column family: one per kind of state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -189,6 +191,18 @@ impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Storage").field("path", &self.path).finish()
     }
+}
+
+/// What RocksDB holds in memory, in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageMemory {
+    /// Each column family's memtables, the active one and those not yet flushed.
+    pub memtables: Vec<(Cf, u64)>,
+    /// The block cache the column families share (bounded by its capacity).
+    pub block_cache: u64,
+    /// What the open table files' readers hold outside the block cache (their index and
+    /// filter blocks).
+    pub table_readers: u64,
 }
 
 /// The most bytes all memtables hold together before RocksDB flushes the oldest.
@@ -495,6 +509,27 @@ impl Storage {
                 "rocksdb.size-all-mem-tables",
             ],
         )
+    }
+
+    /// What RocksDB holds in memory now, in bytes (the `oxcd_storage_*_bytes` gauges).
+    pub fn memory(&self) -> Result<StorageMemory, StorageError> {
+        Ok(StorageMemory {
+            memtables: Cf::ALL
+                .iter()
+                .map(|&cf| {
+                    Ok((
+                        cf,
+                        self.sum_property(&[cf], &["rocksdb.size-all-mem-tables"])?,
+                    ))
+                })
+                .collect::<Result<_, StorageError>>()?,
+            // One cache serves every column family: any of them reports it whole.
+            block_cache: self
+                .db
+                .property_int_value_cf(self.handle(Cf::Kv)?, "rocksdb.block-cache-usage")?
+                .unwrap_or(0),
+            table_readers: self.sum_property(&Cf::ALL, &["rocksdb.estimate-table-readers-mem"])?,
+        })
     }
 
     fn sum_property(&self, cfs: &[Cf], props: &[&str]) -> Result<u64, StorageError> {
