@@ -88,22 +88,27 @@ pub enum Op {
 }
 
 impl Op {
-    /// About how many bytes the command takes (to bound batches).
+    /// About how many bytes the command takes (to bound batches), at least what its log
+    /// encoding takes for everything but auth changes (so an entry's buffer, sized from it,
+    /// is not copied to a larger one while it is written).
     pub fn size_hint(&self) -> usize {
         use prost::Message;
+        // bincode's enum tag (4 bytes) and a byte string's length (8).
+        const TAG_AND_LEN: usize = 12;
         match self {
-            Op::Put(r) => r.0.encoded_len(),
-            Op::DeleteRange(r) => r.0.encoded_len(),
-            Op::Txn(r) => r.0.encoded_len(),
-            Op::Compact(r) => r.0.encoded_len(),
-            Op::Batch(ops) => ops.iter().map(Op::size_hint).sum(),
-            Op::LeaseGrant(r) => r.0.encoded_len(),
-            Op::LeaseRevoke(r) => r.0.encoded_len(),
-            Op::LeaseCheckpoint(r) => r.0.encoded_len(),
+            Op::Put(r) => TAG_AND_LEN + r.0.encoded_len(),
+            Op::DeleteRange(r) => TAG_AND_LEN + r.0.encoded_len(),
+            Op::Txn(r) => TAG_AND_LEN + r.0.encoded_len(),
+            Op::Compact(r) => TAG_AND_LEN + r.0.encoded_len(),
+            Op::Batch(ops) => TAG_AND_LEN + ops.iter().map(Op::size_hint).sum::<usize>(),
+            Op::LeaseGrant(r) => TAG_AND_LEN + r.0.encoded_len(),
+            Op::LeaseRevoke(r) => TAG_AND_LEN + r.0.encoded_len(),
+            Op::LeaseCheckpoint(r) => TAG_AND_LEN + r.0.encoded_len(),
             Op::Auth(_) | Op::AuthBy { .. } => 256,
-            Op::Guarded { op, .. } => op.size_hint() + 8,
-            Op::Alarm(r) => r.0.encoded_len(),
-            Op::Downgrade { target, .. } => target.len() + 8,
+            // The tag, the revision, the flag and the user's length and bytes.
+            Op::Guarded { op, user, .. } => 4 + 8 + 1 + 8 + user.len() + op.size_hint(),
+            Op::Alarm(r) => TAG_AND_LEN + r.0.encoded_len(),
+            Op::Downgrade { target, .. } => TAG_AND_LEN + 1 + target.len(),
         }
     }
 }

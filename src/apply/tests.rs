@@ -358,3 +358,43 @@ fn a_guarded_lease_revoke_needs_write_on_the_keys_attached_when_it_applies() {
     ));
     assert_eq!(f.keys(), ["z@0"]);
 }
+
+/// An entry's buffer is sized from `size_hint`: it must cover what bincode writes (a shortfall
+/// copies the whole entry, values and all, into a buffer twice as large).
+#[test]
+fn size_hint_covers_the_log_encoding() {
+    let put = |n: usize| {
+        Op::Put(Pb(PutRequest {
+            key: format!("key-{n}").into_bytes(),
+            value: vec![7u8; n * 100],
+            ..Default::default()
+        }))
+    };
+    let ops = vec![
+        put(1),
+        Op::Batch((0..50).map(put).collect()),
+        Op::Guarded {
+            auth_revision: 9,
+            checked: true,
+            user: "alice".into(),
+            op: Box::new(Op::Batch((0..10).map(put).collect())),
+        },
+        Op::Downgrade {
+            enabled: true,
+            target: "3.5.0".into(),
+        },
+        Op::Compact(Pb(CompactionRequest {
+            revision: 5,
+            physical: true,
+        })),
+    ];
+    for op in ops {
+        let size = bincode::serialized_size(&op).expect("size") as usize;
+        assert!(
+            size <= op.size_hint(),
+            "{size} > {} for {op:?}",
+            op.size_hint()
+        );
+        assert!(op.size_hint() <= size + 64 * 12, "hint far above {size}");
+    }
+}
