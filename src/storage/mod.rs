@@ -223,6 +223,19 @@ fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
         Cf::RaftLog => 4 << 20,
         _ => 2 << 20,
     });
+    match cf {
+        // Log entries are read back seldom and deleted once a snapshot covers them: compressing
+        // them cost more CPU than any other step of a large put (RocksDB zero-fills the output
+        // buffer, then snappy compresses, on every flush and again on every compaction).
+        Cf::RaftLog => o.set_compression_type(DBCompressionType::None),
+        // The key-values are compressed once, when compaction writes the last level that holds
+        // them, not on every flush and every compaction on the way there.
+        Cf::Kv => {
+            o.set_compression_type(DBCompressionType::None);
+            o.set_bottommost_compression_type(DBCompressionType::Snappy);
+        }
+        _ => {}
+    }
     o.set_block_based_table_factory(&shared_cache_tables(cache));
     o
 }
