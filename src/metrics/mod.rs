@@ -84,8 +84,6 @@ pub struct Metrics {
     pub db_total_size: IntGauge,
     /// `etcd_mvcc_db_total_size_in_use_in_bytes`.
     pub db_size_in_use: IntGauge,
-    /// `etcd_debugging_mvcc_keys_total`: keys in the key index (deleted ones until compacted).
-    pub keys_total: IntGauge,
     /// `oxcd_storage_memtable_bytes{cf}`: RocksDB's memtables not yet dropped, by column family.
     pub storage_memtables: IntGaugeVec,
     /// `oxcd_storage_block_cache_bytes`: RocksDB's shared block cache in use.
@@ -221,7 +219,6 @@ impl Metrics {
             snapshot_duration: histogram(&r, "etcd_disk_backend_snapshot_duration_seconds", "The latency distribution of backend snapshots.", 0.01, 17)?,
             db_total_size: gauge(&r, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.")?,
             db_size_in_use: gauge(&r, "etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes.")?,
-            keys_total: gauge(&r, "etcd_debugging_mvcc_keys_total", "Total number of keys.")?,
             storage_memtables: gauge_vec(&r, "oxcd_storage_memtable_bytes", "Bytes held by RocksDB's memtables (active, and immutable until dropped), by column family.", &["cf"])?,
             storage_block_cache: gauge(&r, "oxcd_storage_block_cache_bytes", "Bytes in use in RocksDB's shared block cache.")?,
             storage_table_readers: gauge(&r, "oxcd_storage_table_readers_bytes", "Bytes held by RocksDB's table readers outside the block cache (index and filter blocks).")?,

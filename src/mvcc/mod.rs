@@ -286,11 +286,6 @@ impl Mvcc {
         self.index.read().current
     }
 
-    /// How many keys the index holds (deleted ones until a compaction drops them).
-    pub fn key_count(&self) -> usize {
-        self.index.read().key_count()
-    }
-
     /// The compacted revision (0 when never compacted).
     pub fn compacted_revision(&self) -> i64 {
         self.index.read().compacted

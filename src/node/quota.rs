@@ -177,7 +177,6 @@ impl Node {
             m.db_size_in_use.set(live as i64);
         }
         m.current_revision.set(self.mvcc.current_revision());
-        m.keys_total.set(self.mvcc.key_count() as i64);
         if let Ok(mem) = self.storage.memory() {
             for (cf, bytes) in mem.memtables {
                 m.storage_memtables
