@@ -529,18 +529,10 @@ impl Storage {
         Ok(StorageMemory {
             memtables: Cf::ALL
                 .iter()
-                .map(|&cf| {
-                    Ok((
-                        cf,
-                        self.sum_property(&[cf], &["rocksdb.size-all-mem-tables"])?,
-                    ))
-                })
+                .map(|&cf| Ok((cf, self.property(cf, "rocksdb.size-all-mem-tables")?)))
                 .collect::<Result<_, StorageError>>()?,
             // One cache serves every column family: any of them reports it whole.
-            block_cache: self
-                .db
-                .property_int_value_cf(self.handle(Cf::Kv)?, "rocksdb.block-cache-usage")?
-                .unwrap_or(0),
+            block_cache: self.property(Cf::Kv, "rocksdb.block-cache-usage")?,
             table_readers: self.sum_property(&Cf::ALL, &["rocksdb.estimate-table-readers-mem"])?,
         })
     }
@@ -548,12 +540,19 @@ impl Storage {
     fn sum_property(&self, cfs: &[Cf], props: &[&str]) -> Result<u64, StorageError> {
         let mut total = 0u64;
         for &cf in cfs {
-            let h = self.handle(cf)?;
             for p in props {
-                total += self.db.property_int_value_cf(h, *p)?.unwrap_or(0);
+                total += self.property(cf, p)?;
             }
         }
         Ok(total)
+    }
+
+    /// RocksDB's integer property `name` of `cf` (0 when it has none).
+    fn property(&self, cf: Cf, name: &str) -> Result<u64, StorageError> {
+        Ok(self
+            .db
+            .property_int_value_cf(self.handle(cf)?, name)?
+            .unwrap_or(0))
     }
 }
 
