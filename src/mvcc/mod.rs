@@ -487,27 +487,29 @@ fn plan_range(index: &Index, view: i64, r: &RangeRequest) -> Result<RangePlan, R
         usize::MAX
     };
     let mut vis = Vec::new();
-    let mut count = 0i64;
     index.visit_events(&r.key, &r.range_end, rev, |k, e| {
-        count += 1;
-        if vis.len() < keep {
-            if let EventKind::Put {
+        if let EventKind::Put {
+            create,
+            version,
+            lease,
+        } = e.kind
+        {
+            vis.push(Visible {
+                key: k.to_vec(),
+                rev: e.rev,
                 create,
                 version,
                 lease,
-            } = e.kind
-            {
-                vis.push(Visible {
-                    key: k.to_vec(),
-                    rev: e.rev,
-                    create,
-                    version,
-                    lease,
-                });
-            }
+            });
         }
-        true
+        vis.len() < keep
     });
+    // The page stopped early: count the rest without decoding or copying them.
+    let count = if vis.len() < keep {
+        vis.len() as i64
+    } else {
+        index.count(&r.key, &r.range_end, rev) as i64
+    };
     // Filters need only the index, so apply them before fetching values.
     vis.retain(|v| {
         !(r.max_mod_revision != 0 && v.rev.main > r.max_mod_revision
@@ -704,10 +706,7 @@ impl Writer<'_> {
         let main = t.begin + 1;
         let rev = Revision::new(main, t.changes);
         t.changes += 1;
-        let (create, version) = match self.index.get(key, main) {
-            Some(v) => (v.create, v.version + 1),
-            None => (main, 1),
-        };
+        let (create, version) = self.index.put(key, rev, lease);
         let kv = KeyValue {
             key: key.to_vec(),
             create_revision: create,
@@ -718,17 +717,6 @@ impl Writer<'_> {
         };
         self.batch
             .put(Cf::Kv, rev.to_bytes().to_vec(), encode_value(&kv, false));
-        self.index.push(
-            key,
-            KeyEvent {
-                rev,
-                kind: EventKind::Put {
-                    create,
-                    version,
-                    lease,
-                },
-            },
-        );
         self.pending.insert(rev, self.changes.len());
         self.changes.push((main, kv, false));
         main
