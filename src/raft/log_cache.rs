@@ -10,9 +10,11 @@
 //! - It is bounded: at most [`MAX_BYTES`] bytes of encoded entries and [`MAX_ENTRIES`] entries;
 //!   the oldest go first. A read it does not cover whole goes to RocksDB. The bounds are small
 //!   on purpose: apply and followers that keep up read entries moments after their append, and
-//!   a larger cache shows up one for one in the member's resident memory.
+//!   a larger cache shows up one for one in the member's resident memory. For the same reason a
+//!   log that has had no append for a while ([`LogCache::clear_if_idle`]) drops its cache.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use openraft::Entry;
 
@@ -29,6 +31,8 @@ pub struct LogCache {
     /// Entries with their encoded sizes, by ascending index without gaps.
     entries: VecDeque<(Entry<TypeConfig>, usize)>,
     bytes: usize,
+    /// When the last entry was added.
+    last_push: Option<Instant>,
 }
 
 impl LogCache {
@@ -55,6 +59,7 @@ impl LogCache {
         }
         self.bytes += size;
         self.entries.push_back((entry, size));
+        self.last_push = Some(Instant::now());
         while (self.bytes > MAX_BYTES || self.entries.len() > MAX_ENTRIES) && self.pop_front() {}
     }
 
@@ -94,6 +99,17 @@ impl LogCache {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
+    }
+
+    /// Drops everything when nothing was added for `idle`: whoever reads entries moments after
+    /// their append has read them by then. True when it dropped something.
+    pub fn clear_if_idle(&mut self, idle: Duration) -> bool {
+        let idle = self.last_push.is_some_and(|t| t.elapsed() >= idle);
+        if idle && !self.entries.is_empty() {
+            self.clear();
+            return true;
+        }
+        false
     }
 
     /// Copies of the entries `[start, end)`, if the cache holds every one of them.
@@ -180,6 +196,26 @@ mod tests {
         assert_eq!(c.get(4, 8), None, "a gap starts the run anew");
         assert_eq!(terms(&c, 20, 21), Some(vec![2]));
         assert_eq!(c.bytes(), 1);
+    }
+
+    #[test]
+    fn an_idle_cache_is_dropped_and_a_busy_one_kept() {
+        let mut c = LogCache::default();
+        assert!(!c.clear_if_idle(Duration::ZERO), "nothing to drop");
+        for i in 1..4 {
+            c.push(entry(1, i), 10);
+        }
+        assert!(!c.clear_if_idle(Duration::from_secs(3600)));
+        assert!(c.get(1, 4).is_some());
+        assert!(c.clear_if_idle(Duration::ZERO));
+        assert_eq!(c.get(1, 2), None);
+        assert_eq!(c.bytes(), 0);
+        c.push(entry(1, 4), 10);
+        assert_eq!(
+            terms(&c, 4, 5),
+            Some(vec![1]),
+            "appends after a drop are cached again"
+        );
     }
 
     #[test]

@@ -30,6 +30,10 @@ use super::log_cache::LogCache;
 use super::TypeConfig;
 use crate::storage::{Batch, Cf, Storage};
 
+/// A log without an append for this long drops its cache of entries (see
+/// [`LogStore::spawn_cache_release`]).
+pub const CACHE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
@@ -183,6 +187,28 @@ impl LogStore {
                 thread: parking_lot::Mutex::new(Some(thread)),
             }),
         })
+    }
+
+    /// Starts the task that drops the cache of entries once the log has had no append for
+    /// [`CACHE_IDLE`], so an idle member does not keep its last few MiB of writes in memory. The
+    /// task ends once the store is gone.
+    pub fn spawn_cache_release(&self) {
+        let store = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CACHE_IDLE);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = store.upgrade() else {
+                    return;
+                };
+                let released = inner.cache.lock().clear_if_idle(CACHE_IDLE);
+                drop(inner);
+                if released {
+                    tracing::debug!("log idle: dropped its cache of entries");
+                }
+            }
+        });
     }
 
     /// Says whether appends are to be synced in place (the cluster is this member alone).

@@ -482,6 +482,7 @@ impl RaftNode {
         );
         let log = LogStore::new(storage.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
         let log_handle = log.clone();
+        log.spawn_cache_release();
         let sm = StateMachine::open(storage, mvcc, leases.clone(), auth, alarms)
             .map_err(|e| StartError::Storage(e.to_string()))?;
         let peers = Peers::new(settings.max_message, settings.cluster_id);
