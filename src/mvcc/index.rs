@@ -3,6 +3,11 @@
 //! Invariants: each key's events are strictly increasing by revision; a key's version counts the
 //! puts since its latest creation; a tombstone ends a generation; compaction at `C` keeps, per key,
 //! the last event at or below `C` (dropping it too when it is a tombstone) and everything above.
+//!
+//! Layout: one heap block per key ([`Entry`]: the key, then its events packed as varints, each
+//! followed by its length so the newest can be read first), in a B-tree set ordered by the key.
+//! The index is most of what a member holds per key in memory, so its bytes per key are a
+//! measured bound (see the tests).
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
