@@ -2,7 +2,8 @@
 //!
 //! Invariants: each key's events are strictly increasing by revision; a key's version counts the
 //! puts since its latest creation; a tombstone ends a generation; compaction at `C` keeps, per key,
-//! the last event at or below `C` (dropping it too when it is a tombstone) and everything above.
+//! the last event at or below `C` (dropping it too when it is a tombstone below `C`) and
+//! everything above.
 //!
 //! Layout: one heap block per key ([`Entry`]: the key, then its events packed as varints, each
 //! followed by its length so the newest can be read first), in a B-tree set ordered by the key.
@@ -290,7 +291,7 @@ impl Entry {
         if self.0.len() + need <= EXACT_UP_TO {
             self.0.reserve_exact(need);
         } else if self.0.capacity() - self.0.len() < need {
-            self.0.reserve(need.max(self.0.len() / 2));
+            self.0.reserve_exact(need.max(self.0.len() / 2));
         }
         ev.encode(&mut self.0);
     }
