@@ -190,12 +190,13 @@ impl LogStore {
     }
 
     /// Starts the task that drops the cache of entries once the log has had no append for
-    /// [`CACHE_IDLE`], so an idle member does not keep its last few MiB of writes in memory. The
-    /// task ends once the store is gone.
+    /// [`CACHE_IDLE`], so an idle member does not keep its last few MiB of writes in memory, and
+    /// then hands the C heap's free memory back ([`Storage::release_freed_memory`]). The task
+    /// ends once the store is gone.
     pub fn spawn_cache_release(&self) {
         let store = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(CACHE_IDLE);
+            let mut tick = tokio::time::interval(CACHE_IDLE / 4);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -205,6 +206,7 @@ impl LogStore {
                 let released = inner.cache.lock().clear_if_idle(CACHE_IDLE);
                 drop(inner);
                 if released {
+                    Storage::release_freed_memory();
                     tracing::debug!("log idle: dropped its cache of entries");
                 }
             }

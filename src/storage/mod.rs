@@ -537,6 +537,19 @@ impl Storage {
         })
     }
 
+    /// Hands the C heap's free memory back to the system. RocksDB allocates with the C library's
+    /// `malloc` (oxcd's own allocations go to mimalloc), and glibc keeps the blocks of flushed
+    /// memtables after their release: about 2.5 MiB after 100,000 puts. Cheap enough for a member
+    /// going idle; does nothing where the C library is not glibc.
+    pub fn release_freed_memory() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: `malloc_trim` takes a plain integer, has no preconditions and is safe to call
+        // from any thread at any time (glibc locks each arena it trims).
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
     fn sum_property(&self, cfs: &[Cf], props: &[&str]) -> Result<u64, StorageError> {
         let mut total = 0u64;
         for &cf in cfs {
