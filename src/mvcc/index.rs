@@ -249,12 +249,18 @@ struct Entry(Vec<u8>);
 
 impl Entry {
     fn new(key: &[u8], ev: &Stored) -> Entry {
-        let len = key.len() as u64;
-        let mut buf = Vec::with_capacity(varint_len(len) + key.len() + ev.encoded_len());
-        put_varint(&mut buf, len);
-        buf.extend_from_slice(key);
+        let mut buf = Entry::start(key, ev.encoded_len());
         ev.encode(&mut buf);
         Entry(buf)
+    }
+
+    /// A block holding `key`'s length and `key`, with room for exactly `events` bytes more.
+    fn start(key: &[u8], events: usize) -> Vec<u8> {
+        let len = key.len() as u64;
+        let mut buf = Vec::with_capacity(varint_len(len) + key.len() + events);
+        put_varint(&mut buf, len);
+        buf.extend_from_slice(key);
+        buf
     }
 
     /// The key and the encoded events.
@@ -301,10 +307,7 @@ impl Entry {
     fn keep_from(&self, from: usize) -> Option<Entry> {
         let (key, events) = self.split();
         let rest = events.get(from..).filter(|r| !r.is_empty())?;
-        let len = key.len() as u64;
-        let mut buf = Vec::with_capacity(varint_len(len) + key.len() + rest.len());
-        put_varint(&mut buf, len);
-        buf.extend_from_slice(key);
+        let mut buf = Entry::start(key, rest.len());
         buf.extend_from_slice(rest);
         Some(Entry(buf))
     }
@@ -558,15 +561,20 @@ impl Index {
 
     /// Records a change. The caller guarantees `rev` is above every revision of `key`.
     pub fn push(&mut self, key: &[u8], ev: KeyEvent) {
-        let ev = Stored::pack(ev);
-        // The set cannot hand out its elements mutably (their keys order it): take the entry
-        // out, extend it and put it back.
-        let entry = match self.keys.take(key) {
+        let taken = self.keys.take(key);
+        self.put_back(key, taken, &Stored::pack(ev));
+    }
+
+    /// Puts `key`'s entry, taken out of the set (`None` for a new key), back with `ev` added.
+    /// The set cannot hand out its elements mutably (their keys order it), hence take and put
+    /// back.
+    fn put_back(&mut self, key: &[u8], taken: Option<Entry>, ev: &Stored) {
+        let entry = match taken {
             Some(mut entry) => {
-                entry.push(&ev);
+                entry.push(ev);
                 entry
             }
-            None => Entry::new(key, &ev),
+            None => Entry::new(key, ev),
         };
         self.keys.insert(entry);
     }
@@ -592,14 +600,7 @@ impl Index {
                 lease,
             },
         });
-        let entry = match taken {
-            Some(mut entry) => {
-                entry.push(&ev);
-                entry
-            }
-            None => Entry::new(key, &ev),
-        };
-        self.keys.insert(entry);
+        self.put_back(key, taken, &ev);
         (create, version)
     }
 
@@ -670,18 +671,22 @@ mod tests {
         idx.current = main;
     }
 
+    fn delete(idx: &mut Index, key: &[u8], main: i64) {
+        idx.push(
+            key,
+            KeyEvent {
+                rev: Revision::new(main, 0),
+                kind: EventKind::Tombstone,
+            },
+        );
+    }
+
     #[test]
     fn versions_and_generations() {
         let mut idx = Index::default();
         put(&mut idx, b"a", 2);
         put(&mut idx, b"a", 3);
-        idx.push(
-            b"a",
-            KeyEvent {
-                rev: Revision::new(4, 0),
-                kind: EventKind::Tombstone,
-            },
-        );
+        delete(&mut idx, b"a", 4);
         put(&mut idx, b"a", 5);
         assert_eq!(
             idx.get(b"a", 3).map(|v| (v.create, v.version)),
@@ -791,13 +796,7 @@ mod tests {
         let mut idx = Index::default();
         put(&mut idx, b"a", 2);
         put(&mut idx, b"b", 3);
-        idx.push(
-            b"a",
-            KeyEvent {
-                rev: Revision::new(4, 0),
-                kind: EventKind::Tombstone,
-            },
-        );
+        delete(&mut idx, b"a", 4);
         idx.current = 4;
         assert_eq!(
             idx.compact(5),
