@@ -386,9 +386,14 @@ async fn failpoints() {
 }
 
 /// The control: the same checkers find nothing wrong with the real etcd under the same faults.
+/// The leader is lost by SIGSTOP, not SIGKILL: etcd 3.5.1 itself breaks the checkers after a
+/// crash now and then (etcd issue 13766, fixed in 3.5.3: its consistent index was not saved
+/// atomically with the data, so a restarted member applies entries twice; a CI run saw 85
+/// violations and unequal hashes), and a control that fails on etcd's bug tells nothing about
+/// the checkers. `make chaos SERVERS=etcd` still crashes etcd and reports what it finds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn etcd_control_kill_leader() {
-    slice(Kind::Etcd, Fault::KillLeader).await;
+async fn etcd_control_stop_leader() {
+    slice(Kind::Etcd, Fault::StopLeader).await;
 }
 
 /// The control under a partition.
