@@ -57,6 +57,8 @@ struct Handles {
     msg_sent: IntCounter,
     handling: Histogram,
     handled_ok: IntCounter,
+    /// `etcd_server_client_requests_total` of the method's kind (unary or stream).
+    client_requests: IntCounter,
 }
 
 impl GrpcMetrics {
@@ -114,8 +116,16 @@ impl GrpcMetrics {
         })
     }
 
-    /// The series of `service`/`method` (of `kind`), from the cache when it is there.
-    fn handles(&self, path: &str, service: &str, method: &str, kind: &str) -> Arc<Handles> {
+    /// The series of `service`/`method` (of `kind`), from the cache when it is there;
+    /// `client_requests` is etcd's per-kind request counter, resolved once per method too.
+    fn handles(
+        &self,
+        path: &str,
+        service: &str,
+        method: &str,
+        kind: &str,
+        client_requests: &IntCounterVec,
+    ) -> Arc<Handles> {
         if let Some(h) = self.methods.read().get(path) {
             return h.clone();
         }
@@ -129,6 +139,10 @@ impl GrpcMetrics {
             handled_ok: self
                 .handled
                 .with_label_values(&[kind, service, method, code_name(0)]),
+            client_requests: client_requests.with_label_values(&[
+                if kind == "unary" { "unary" } else { "stream" },
+                crate::ETCD_API_VERSION,
+            ]),
         });
         let mut methods = self.methods.write();
         if methods.len() < MAX_CACHED_METHODS {
@@ -189,13 +203,21 @@ impl Call {
             return None;
         }
         let kind = method_type(service, method);
-        let handles = super::get().grpc.handles(path, service, method, kind);
+        let m = super::get();
+        let handles = m
+            .grpc
+            .handles(path, service, method, kind, &m.client_requests);
         handles.started.inc();
         Some(Call {
             handles,
             start: Instant::now(),
             done: false,
         })
+    }
+
+    /// Counts the call in `etcd_server_client_requests_total` (by its kind: unary or stream).
+    pub fn count_client_request(&self) {
+        self.handles.client_requests.inc();
     }
 
     fn labels(&self) -> [&str; 3] {

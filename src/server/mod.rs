@@ -162,6 +162,7 @@ pub async fn serve(
     let auth = AuthServer::new(services.auth);
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(report_health(node.clone(), reporter));
+    let kv_direct = kv.clone();
     let grpc = tonic::service::Routes::new(kv)
         .add_service(cluster)
         .add_service(maintenance)
@@ -181,7 +182,8 @@ pub async fn serve(
         host_whitelist: node.settings.host_whitelist.clone(),
     };
     let client =
-        http::ClientService::new(grpc, http::http_routes(node.clone()).merge(gateway), access);
+        http::ClientService::new(grpc, http::http_routes(node.clone()).merge(gateway), access)
+            .with_kv(kv_direct);
     // etcd's metrics listener has no access controller: no CORS headers, no host check.
     let metrics_only = http::ClientService::new(
         tonic::service::Routes::default(),

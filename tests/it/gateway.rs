@@ -489,3 +489,50 @@ async fn cors_and_host_whitelist_answer_as_etcds() {
     assert_eq!(seen[0].1 .0.as_deref(), Some("http://good.example:8080"));
     assert_eq!(seen[0].2, None);
 }
+
+/// The `date` header as etcd sends it: on HTTP answers (etcd's Go HTTP server adds one), not on
+/// gRPC answers (grpc-go adds none). oxcd's HTTP routes also add it over HTTP/2 (prior
+/// knowledge), where hyper's own is turned off for the gRPC calls' sake.
+#[tokio::test]
+async fn http_answers_carry_a_date_and_grpc_answers_none_as_etcds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A gRPC frame holding an empty RangeRequest: uncompressed, length 0.
+    let frame = dir.path().join("range.bin");
+    std::fs::write(&frame, [0u8; 5]).expect("write frame");
+    let frame_arg = format!("@{}", frame.display());
+    let grpc_args = [
+        "--http2-prior-knowledge",
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "--data-binary",
+        frame_arg.as_str(),
+    ];
+    let etcd = Cluster::start_with(Kind::Etcd, 1, &[]).await;
+    let oxcd = Cluster::start(1).await;
+    let mut seen = Vec::new();
+    for ep in [etcd.members[0].endpoint(), oxcd.members[0].endpoint()] {
+        let (status, h, body) = curl_i(&format!("http://{ep}/health"), &[]);
+        assert_eq!(status, 200, "{ep}: {body}");
+        let http1 = header_of(&h, "date").is_some();
+        let (status, h, body) = curl_i(&format!("http://{ep}/etcdserverpb.KV/Range"), &grpc_args);
+        assert_eq!(status, 200, "{ep}: {body}");
+        assert_eq!(
+            header_of(&h, "grpc-status"),
+            None,
+            "{ep}: status in trailers"
+        );
+        let grpc = header_of(&h, "date").is_some();
+        seen.push((http1, grpc));
+    }
+    assert_eq!(seen[1], seen[0], "oxcd (right) against etcd (left)");
+    assert_eq!(seen[0], (true, false));
+    let ep = oxcd.members[0].endpoint();
+    let (status, h, body) = curl_i(&format!("http://{ep}/health"), &["--http2-prior-knowledge"]);
+    assert_eq!(status, 200, "{body}");
+    let date = header_of(&h, "date").expect("a date over HTTP/2");
+    assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+}
