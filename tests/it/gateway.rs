@@ -496,9 +496,9 @@ async fn cors_and_host_whitelist_answer_as_etcds() {
 #[tokio::test]
 async fn http_answers_carry_a_date_and_grpc_answers_none_as_etcds() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // A gRPC frame holding an empty RangeRequest: uncompressed, length 0.
+    // A gRPC frame (uncompressed, 3 bytes) holding RangeRequest { key: "a" }.
     let frame = dir.path().join("range.bin");
-    std::fs::write(&frame, [0u8; 5]).expect("write frame");
+    std::fs::write(&frame, [0, 0, 0, 0, 3, 0x0a, 0x01, b'a']).expect("write frame");
     let frame_arg = format!("@{}", frame.display());
     let grpc_args = [
         "--http2-prior-knowledge",
