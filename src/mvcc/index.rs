@@ -526,6 +526,15 @@ impl Index {
         at: i64,
         mut f: impl FnMut(&[u8], &Found<'_>) -> bool,
     ) {
+        if range_end.is_empty() {
+            // One key: one descent of the tree (a range's bounds take two).
+            if let Some(entry) = self.keys.get(key) {
+                if let Some(e) = visible_in(entry, at) {
+                    f(entry.key(), &e);
+                }
+            }
+            return;
+        }
         let (lo, hi) = bounds(key, range_end);
         if let (Bound::Included(l), Bound::Excluded(h)) = (lo, hi) {
             if l >= h {
