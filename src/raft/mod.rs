@@ -599,12 +599,8 @@ impl RaftNode {
     pub async fn write(&self, op: Op) -> Result<Applied, ProposeError> {
         // The first attempt is always local, so a member that cannot keep up applying refuses
         // there (check_apply_backlog), as etcd's does, before anything is forwarded.
-        let (state, known_leader) = {
-            let m = self.shared.raft.metrics();
-            let m = m.borrow();
-            (m.state, m.current_leader)
-        };
-        let leading = state == ServerState::Leader && !*self.shared.transferring.borrow();
+        let leading = self.shared.raft.metrics().borrow().state == ServerState::Leader
+            && !*self.shared.transferring.borrow();
         if leading {
             // The common case proposes without keeping a copy of the op for forwarding (a
             // copy of every value). Should leadership go in the moment between this check
@@ -616,16 +612,7 @@ impl RaftNode {
                 other => other,
             };
         }
-        // A follower that knows its leader forwards at once, after the same apply-backlog check
-        // a local attempt would make; the local attempt (a copy of the op and a round through
-        // openraft, only to learn the leader) is for a member that does not know it.
-        let mut hint = match known_leader {
-            Some(l) if state == ServerState::Follower && l != self.shared.id => {
-                self.shared.check_apply_backlog()?;
-                Some(l)
-            }
-            _ => None,
-        };
+        let mut hint = None;
         for _ in 0..FORWARD_ATTEMPTS {
             let res = match hint {
                 None => self.shared.write_local(op.clone()).await,
