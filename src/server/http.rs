@@ -131,9 +131,7 @@ impl ClientService {
             calls: super::coalesce::Calls::default(),
         }
     }
-}
 
-impl ClientService {
     /// Calls `kv` directly for the KV service's paths instead of routing them (it must be the
     /// same service as the one in the routes, so both ways answer alike).
     pub fn with_kv(mut self, kv: KvServer<super::kv::KvService>) -> Self {
@@ -216,6 +214,49 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
+impl ClientService {
+    /// Serves a request that is not gRPC: the HTTP routes, under etcd's access control when
+    /// the port has it.
+    fn call_http(&self, req: Request<hyper::body::Incoming>) -> BoxFuture {
+        if !self.access.controlled {
+            let mut http = self.http.clone();
+            return Box::pin(async move { http.call(req.map(Body::new)).await });
+        }
+        // etcd's access controller: a plain-HTTP request must name a whitelisted host; CORS
+        // headers go on every answer to an allowed origin; OPTIONS (a preflight) gets
+        // nothing else.
+        if !self.tls {
+            if let Some(list) = &self.access.host_whitelist {
+                let host = hostname(&req);
+                if !list.contains(&host) {
+                    tracing::warn!(
+                        host,
+                        "rejecting an HTTP request to prevent DNS rebinding attacks"
+                    );
+                    let resp = host_refused(&host);
+                    return Box::pin(async move { Ok(resp) });
+                }
+            }
+        }
+        let origin = cors_origin(&self.access, &req);
+        if req.method() == http::Method::OPTIONS {
+            let mut resp = StatusCode::OK.into_response();
+            if let Some(o) = origin {
+                add_cors(resp.headers_mut(), o);
+            }
+            return Box::pin(async move { Ok(resp) });
+        }
+        let mut http = self.http.clone();
+        Box::pin(async move {
+            let mut resp = http.call(req.map(Body::new)).await?;
+            if let Some(o) = origin {
+                add_cors(resp.headers_mut(), o);
+            }
+            Ok(resp)
+        })
+    }
+}
+
 impl Service<Request<hyper::body::Incoming>> for ClientService {
     type Response = Response;
     type Error = Infallible;
@@ -229,44 +270,10 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
         if let Some(cn) = &self.common_name {
             req.extensions_mut().insert(ClientCommonName(cn.clone()));
         }
-        if !is_grpc(&req) && !self.access.controlled {
-            let mut http = self.http.clone();
-            return Box::pin(async move { http.call(req.map(Body::new)).await.map(with_date) });
-        }
         if !is_grpc(&req) {
-            // etcd's access controller: a plain-HTTP request must name a whitelisted host; CORS
-            // headers go on every answer to an allowed origin; OPTIONS (a preflight) gets
-            // nothing else.
-            if !self.tls {
-                if let Some(list) = &self.access.host_whitelist {
-                    let host = hostname(&req);
-                    if !list.contains(&host) {
-                        tracing::warn!(
-                            host,
-                            "rejecting an HTTP request to prevent DNS rebinding attacks"
-                        );
-                        let resp = with_date(host_refused(&host));
-                        return Box::pin(async move { Ok(resp) });
-                    }
-                }
-            }
-            let origin = cors_origin(&self.access, &req);
-            if req.method() == http::Method::OPTIONS {
-                let mut resp = StatusCode::OK.into_response();
-                if let Some(o) = origin {
-                    add_cors(resp.headers_mut(), o);
-                }
-                let resp = with_date(resp);
-                return Box::pin(async move { Ok(resp) });
-            }
-            let mut http = self.http.clone();
-            return Box::pin(async move {
-                let mut resp = http.call(req.map(Body::new)).await?;
-                if let Some(o) = origin {
-                    add_cors(resp.headers_mut(), o);
-                }
-                Ok(with_date(resp))
-            });
+            // Every HTTP answer carries a date, however it was made (see `with_date`).
+            let answer = self.call_http(req);
+            return Box::pin(async move { answer.await.map(with_date) });
         }
         let Some((call, span)) = begin_call(req.uri().path()) else {
             let mut grpc = self.grpc.clone();
