@@ -12,7 +12,10 @@
 //! most: between a write and its sync, between an apply batch and its commit, in the middle of a
 //! snapshot, a compaction, a lease revoke, a membership change and a defragmentation.
 
-/// Every failpoint, by name, for the campaign and the docs.
+/// Every crash and storage-error failpoint, by name, for the campaign and the docs. One more
+/// point, `peer-forward-batch-unimplemented`, makes a leader answer forwarded batches as an
+/// older oxcd does (Unimplemented), for the rolling-upgrade test; the campaign leaves it out, as
+/// it harms nothing.
 pub const ALL: &[&str] = &[
     "raft-log-before-append",
     "raft-log-before-sync",

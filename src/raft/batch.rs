@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::Raft;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::{forward_err, ProposeError, TypeConfig};
 use crate::apply::{Applied, Op};
@@ -86,13 +86,25 @@ impl Slots {
     /// Proposes `op` from the caller's task when no proposal waits for a batch and a slot is
     /// free; otherwise hands `op` back for the queue.
     pub(super) async fn try_direct(&self, op: Op) -> Result<Result<Applied, ProposeError>, Op> {
-        if self.queued.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            return Err(op);
-        }
-        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+        let Some(_slot) = self.direct_slot() else {
             return Err(op);
         };
-        Ok(write(&self.raft, self.me, self.timeout, self.lost.clone(), op).await)
+        Ok(self.propose(op).await)
+    }
+
+    /// A batch slot for a proposal made from the caller's task, when no proposal waits for a
+    /// batch and one is free; the proposal holds it until answered.
+    pub(super) fn direct_slot(&self) -> Option<OwnedSemaphorePermit> {
+        if self.queued.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return None;
+        }
+        self.in_flight.clone().try_acquire_owned().ok()
+    }
+
+    /// Proposes `op` to raft and waits for what applying it produced (the caller holds a slot,
+    /// [`Slots::direct_slot`]).
+    pub(super) async fn propose(&self, op: Op) -> Result<Applied, ProposeError> {
+        write(&self.raft, self.me, self.timeout, self.lost.clone(), op).await
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod batch;
 mod elect;
+mod forward;
 pub mod lease;
 mod log_cache;
 mod log_store;
@@ -100,7 +101,7 @@ pub enum ProposeError {
 }
 
 /// Decodes `data` as every message a peer may send this member (the payloads of AppendEntries,
-/// Vote, Forward, ChangeMembership and Lease calls, and the answers a member reads back), for
+/// Vote, Forward, ForwardBatch, ChangeMembership and Lease calls, and the answers a member reads back), for
 /// fuzzing: no input may panic or allocate without bound; the results are dropped.
 pub fn decode_peer_messages(data: &[u8]) {
     use openraft::raft::{AppendEntriesRequest, VoteRequest};
@@ -110,6 +111,8 @@ pub fn decode_peer_messages(data: &[u8]) {
     let _ = peer::decode::<AppendEntriesRequest<TypeConfig>>(&p);
     let _ = peer::decode::<VoteRequest<u64>>(&p);
     let _ = peer::decode::<Op>(&p);
+    let _ = peer::decode::<Vec<Op>>(&p);
+    let _ = peer::decode::<Vec<Result<Applied, ProposeError>>>(&p);
     let _ = peer::decode::<MembershipOp>(&p);
     let _ = peer::decode::<lease::LeaseCall>(&p);
     let _ = peer::decode::<ClusterInfo>(&p);
@@ -214,6 +217,8 @@ pub(crate) struct Shared {
     /// drops them during a transfer), so the transferee can catch up and win the election.
     transferring: tokio::sync::watch::Sender<bool>,
     reads: tokio::sync::mpsc::UnboundedSender<batch::PendingRead>,
+    /// Writes waiting to be forwarded to the leader ([`forward`]).
+    forwards: forward::Queue,
     /// Reads waiting for a read index from the leader (with the leader to ask).
     remote_reads: tokio::sync::mpsc::UnboundedSender<(u64, batch::PendingRead)>,
     leases: Arc<Lessor>,
@@ -315,7 +320,18 @@ impl Shared {
     }
 
     async fn write_local(&self, op: Op) -> Result<Applied, ProposeError> {
-        use std::sync::atomic::Ordering;
+        self.admit().await?;
+        let op = match self.slots.try_direct(op).await {
+            Ok(answer) => return answer,
+            Err(op) => op,
+        };
+        self.enqueue(op)?.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// The checks a proposal passes before it goes into raft: it waits out a leadership
+    /// transfer, and is refused while applying lags too far behind or while this leader has
+    /// lost its quorum.
+    async fn admit(&self) -> Result<(), ProposeError> {
         if *self.transferring.borrow() {
             // Held while leadership moves (bounded by the transfer's own deadline); afterwards
             // the proposal goes to whoever leads.
@@ -329,10 +345,15 @@ impl Shared {
             // A leader without its quorum has stepped down as far as clients can tell.
             return Err(ProposeError::NoLeader);
         }
-        let op = match self.slots.try_direct(op).await {
-            Ok(answer) => return answer,
-            Err(op) => op,
-        };
+        Ok(())
+    }
+
+    /// Queues `op` for the next batch; its answer comes through the returned receiver.
+    fn enqueue(
+        &self,
+        op: Op,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Applied, ProposeError>>, ProposeError> {
+        use std::sync::atomic::Ordering;
         let size = op.size_hint();
         let queued = self.slots.queued();
         // One proposal always gets in, however large; more wait only while the queue is small.
@@ -346,7 +367,7 @@ impl Shared {
             queued.fetch_sub(size, Ordering::SeqCst);
             return Err(ProposeError::Stopped);
         }
-        rx.await.map_err(|_| ProposeError::Stopped)?
+        Ok(rx)
     }
 
     /// etcd's push-back: refuses a proposal while more than `max_apply_backlog` committed
@@ -507,7 +528,8 @@ impl RaftNode {
         let lost_for_reads = liveness.quorum_lost();
         let (remote_reads, remote_reads_rx) = tokio::sync::mpsc::unbounded_channel();
         let node = RaftNode {
-            shared: Arc::new(Shared {
+            shared: Arc::new_cyclic(|me| Shared {
+                forwards: forward::Queue::start(me.clone()),
                 reads: {
                     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                     tokio::spawn(batch::run_reads(
@@ -597,10 +619,12 @@ impl RaftNode {
 
     /// Proposes `op` through the log (forwarding to the leader) and returns what applying it produced.
     pub async fn write(&self, op: Op) -> Result<Applied, ProposeError> {
-        // The first attempt is always local, so a member that cannot keep up applying refuses
-        // there (check_apply_backlog), as etcd's does, before anything is forwarded.
-        let leading = self.shared.raft.metrics().borrow().state == ServerState::Leader
-            && !*self.shared.transferring.borrow();
+        let (state, known_leader) = {
+            let m = self.shared.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_leader)
+        };
+        let leading = state == ServerState::Leader && !*self.shared.transferring.borrow();
         if leading {
             // The common case proposes without keeping a copy of the op for forwarding (a
             // copy of every value). Should leadership go in the moment between this check
@@ -612,11 +636,22 @@ impl RaftNode {
                 other => other,
             };
         }
-        let mut hint = None;
+        // A follower that knows its leader forwards at once, after the apply-backlog check a
+        // local attempt would make (a member that cannot keep up applying refuses, as etcd's
+        // does, before anything is forwarded); a member that does not know its leader proposes
+        // locally and follows the leader openraft names.
+        let mut hint = match known_leader {
+            Some(l) if state == ServerState::Follower && l != self.shared.id => {
+                self.shared.check_apply_backlog()?;
+                Some(l)
+            }
+            _ => None,
+        };
+        let op = Arc::new(op);
         for _ in 0..FORWARD_ATTEMPTS {
             let res = match hint {
-                None => self.shared.write_local(op.clone()).await,
-                Some(leader) => self.forward(leader, &op).await,
+                None => self.shared.write_local(Op::clone(&op)).await,
+                Some(leader) => self.shared.forwards.forward(leader, op.clone()).await,
             };
             match res {
                 Err(ProposeError::NotLeader(l)) => hint = Some(l),
@@ -626,87 +661,10 @@ impl RaftNode {
         Err(ProposeError::NoLeader)
     }
 
-    async fn forward(&self, leader: u64, op: &Op) -> Result<Applied, ProposeError> {
-        let (id, node) = self.shared.leader_target(Some(leader))?;
-        let payload =
-            peer::encode(op).map_err(|e| ProposeError::LeaderUnreachable(e.to_string()))?;
-        let call =
-            self.shared
-                .peers
-                .call(id, &node, self.shared.request_timeout, |mut c| async move {
-                    c.forward(payload).await
-                });
-        // A leader cut off from the others never answers before the request timeout; once this
-        // member follows someone else, the write is answered at once as etcd does, so the client
-        // tries again with the new leader instead of waiting out the timeout.
-        let mut metrics = self.shared.raft.server_metrics();
-        let moved_on = async move {
-            loop {
-                if metrics.borrow_and_update().current_leader != Some(leader) {
-                    return;
-                }
-                if metrics.changed().await.is_err() {
-                    return std::future::pending().await;
-                }
-            }
-        };
-        let reply = tokio::select! {
-            r = call => r.map_err(|e| match e {
-                PeerError::Timeout(_) => ProposeError::Timeout,
-                other => ProposeError::LeaderUnreachable(other.to_string()),
-            })?,
-            () = moved_on => return Err(ProposeError::LeaderChanged),
-        };
-        peer::decode::<Result<Applied, ProposeError>>(&reply)
-            .map_err(|e| ProposeError::LeaderUnreachable(e.to_string()))?
-    }
-
     /// Waits until a read of local state is linearizable: the leader confirms its leadership and
     /// hands out a read index, then this member waits until it has applied that index.
     pub async fn linearizable_barrier(&self) -> Result<(), ProposeError> {
         self.shared.linearizable_barrier().await
-    }
-
-    /// Carries out a membership change on the leader (forwarding when this member is not it).
-    pub async fn change_membership(
-        &self,
-        op: MembershipOp,
-    ) -> Result<MembershipResult, MembershipError> {
-        let mut hint = None;
-        for _ in 0..FORWARD_ATTEMPTS {
-            let res = match hint {
-                None => self.shared.change_membership_local(op.clone()).await,
-                Some(l) => self.forward_membership(l, &op).await,
-            };
-            match res {
-                Err(MembershipError::Propose(ProposeError::NotLeader(l))) => hint = Some(l),
-                other => return other,
-            }
-        }
-        Err(MembershipError::Propose(ProposeError::NoLeader))
-    }
-
-    async fn forward_membership(
-        &self,
-        leader: u64,
-        op: &MembershipOp,
-    ) -> Result<MembershipResult, MembershipError> {
-        let unreachable =
-            |e: PeerError| MembershipError::Propose(ProposeError::LeaderUnreachable(e.to_string()));
-        let (id, node) = self
-            .shared
-            .leader_target(Some(leader))
-            .map_err(MembershipError::Propose)?;
-        let payload = peer::encode(op).map_err(unreachable)?;
-        let reply = self
-            .shared
-            .peers
-            .call(id, &node, self.shared.request_timeout, |mut c| async move {
-                c.change_membership(payload).await
-            })
-            .await
-            .map_err(unreachable)?;
-        peer::decode::<Result<MembershipResult, MembershipError>>(&reply).map_err(unreachable)?
     }
 
     /// Asks any member at `peer_url` for the cluster's identity and members.

@@ -54,6 +54,9 @@ pub enum PeerError {
     /// The call did not finish in time.
     #[error("member {0:x}: peer request timed out")]
     Timeout(u64),
+    /// The peer does not know the call (an older version).
+    #[error("member {0:x} does not know this call")]
+    Unimplemented(u64),
     /// A payload could not be encoded or decoded.
     #[error("peer payload: {0}")]
     Codec(String),
@@ -210,6 +213,9 @@ impl Peers {
         if status.code() == tonic::Code::FailedPrecondition && status.message() == REMOVED_MEMBER {
             self.removed.send_replace(true);
         }
+        if status.code() == tonic::Code::Unimplemented {
+            return PeerError::Unimplemented(id);
+        }
         PeerError::Transport {
             id,
             msg: format!("{}: {}", status.code(), status.message()),
@@ -292,7 +298,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
 fn to_rpc_error<E: std::error::Error>(target: u64, e: PeerError) -> RPCError<u64, Member, E> {
     match e {
-        PeerError::Transport { .. } | PeerError::NoUrl(_) => {
+        PeerError::Transport { .. } | PeerError::NoUrl(_) | PeerError::Unimplemented(_) => {
             RPCError::Unreachable(Unreachable::new(&e))
         }
         PeerError::Timeout(_) | PeerError::Codec(_) => {

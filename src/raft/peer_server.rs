@@ -250,6 +250,17 @@ impl Peer for PeerService {
         Ok(Response::new(encode(&res).map_err(codec)?))
     }
 
+    async fn forward_batch(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        // An older oxcd's answer, for the rolling-upgrade test.
+        crate::error_point!(
+            "peer-forward-batch-unimplemented",
+            Status::unimplemented("unknown method ForwardBatch")
+        );
+        let ops: Vec<Op> = decode(req.get_ref()).map_err(codec)?;
+        let res = self.shared.write_local_many(ops).await;
+        Ok(Response::new(encode(&res).map_err(codec)?))
+    }
+
     async fn read_index(
         &self,
         _req: Request<ReadIndexRequest>,

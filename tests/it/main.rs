@@ -12,6 +12,7 @@ mod controller;
 mod disk;
 mod downgrade;
 mod etcd_backup;
+mod forward;
 mod gateway;
 mod harness;
 mod k8s;
