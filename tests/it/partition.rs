@@ -312,6 +312,14 @@ async fn a_write_forwarded_to_a_leader_cut_off_meanwhile_fails_with_leader_chang
         err.contains("etcdserver: leader changed"),
         "the forwarded write failed with {err:?}, not etcd's leader changed"
     );
+    // The follower may still be electing (it reports no leader, and a write then fails with
+    // "no leader", as etcd's does); once it follows the new leader, writes go through again.
+    wait_until("the follower to follow a new leader", WAIT, || async {
+        status_of(&c, f)
+            .await
+            .is_some_and(|(l, _)| l != 0 && l != old_leader)
+    })
+    .await;
     let (_, again) = put_on(&c, f, "after-cut");
     assert!(again.is_empty(), "the next write failed: {again}");
     net.heal();
