@@ -20,7 +20,8 @@
 //!   serialized on the leader anyway.
 //! - A call to a leader this member stops following is answered at once with "leader changed"
 //!   (the writes' outcomes are unknown), so clients retry with the new leader instead of waiting
-//!   out the request timeout.
+//!   out the request timeout. Writes still waiting for a call when the leader changes were never
+//!   sent: they go to the new leader instead.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -142,6 +143,15 @@ impl Shared {
     /// Sends `ops` to `leader` in one call and returns its results, or the call's error. Falls
     /// back to one `Forward` call per write when the leader does not know `ForwardBatch`.
     async fn forward_many(&self, leader: u64, ops: &[Arc<Op>]) -> Result<Results, ProposeError> {
+        // Writes that waited for a call while the leader changed were never sent, so nothing of
+        // them is applied: they follow the new leader (the caller retries there) instead of
+        // being told the leader changed, as a write already sent to the old one is.
+        let current = self.raft.metrics().borrow().current_leader;
+        match current {
+            Some(l) if l == leader => {}
+            Some(l) if l != self.id => return Err(ProposeError::NotLeader(l)),
+            _ => return Err(ProposeError::LeaderChanged),
+        }
         let (id, node) = self.leader_target(Some(leader))?;
         let payload =
             peer::encode(&ops).map_err(|e| ProposeError::LeaderUnreachable(e.to_string()))?;
