@@ -285,8 +285,9 @@ def run_rounds(clusters, rounds, run, label):
             if r.get("failed"):
                 print(f"warning: {kind} {label}: failed: {r['failed']}", file=sys.stderr)
             elif r.get("errors") or r.get("put_errors"):
+                why = r.get("errors_by_message") or r.get("first_error")
                 print(f"warning: {kind} {label}: {r.get('errors') or r.get('put_errors')} errors "
-                      f"({r.get('first_error')})", file=sys.stderr)
+                      f"({why})", file=sys.stderr)
             out[kind].append(r)
     return out
 

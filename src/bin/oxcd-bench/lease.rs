@@ -164,6 +164,7 @@ pub(crate) async fn lease_keepalive(
         elapsed: start.elapsed(),
         hist,
         parts: Vec::new(),
+        errors_by_message: Default::default(),
         first_error,
     };
     let failed = revoke_leases(&chans, &ids).await;

@@ -214,6 +214,9 @@ pub(crate) struct Report {
     pub(crate) parts: Vec<(&'static str, Histogram<u64>)>,
     /// The message of the first failure seen.
     pub(crate) first_error: Option<String>,
+    /// How many requests failed with each message (empty for keep-alive runs, which count
+    /// failures only).
+    pub(crate) errors_by_message: std::collections::BTreeMap<String, u64>,
 }
 
 /// Runs `total` requests of `work` from `--clients` workers over `--conns` connections
@@ -253,6 +256,7 @@ pub(crate) async fn load(args: &Args, work: Work, total: u64) -> Result<Report, 
             let mut parts: Vec<Option<Histogram<u64>>> =
                 names.iter().map(|_| Histogram::new(3).ok()).collect();
             let mut first_error = None;
+            let mut by_message = std::collections::BTreeMap::<String, u64>::new();
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= total {
@@ -272,10 +276,11 @@ pub(crate) async fn load(args: &Args, work: Work, total: u64) -> Result<Report, 
                     Err(e) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                         first_error.get_or_insert_with(|| e.message().to_string());
+                        *by_message.entry(e.message().to_string()).or_default() += 1;
                     }
                 }
             }
-            (hist, parts, first_error)
+            (hist, parts, first_error, by_message)
         }));
     }
     let mut hist = Histogram::<u64>::new(3).map_err(|e| BenchError::Usage(e.to_string()))?;
@@ -285,8 +290,12 @@ pub(crate) async fn load(args: &Args, work: Work, total: u64) -> Result<Report, 
         parts.push((*name, h));
     }
     let mut first_error = None;
+    let mut errors_by_message = std::collections::BTreeMap::<String, u64>::new();
     for t in tasks {
-        if let Ok((Some(h), task_parts, err)) = t.await {
+        if let Ok((Some(h), task_parts, err, by_message)) = t.await {
+            for (m, n) in by_message {
+                *errors_by_message.entry(m).or_default() += n;
+            }
             let _ = hist.add(h);
             for ((_, all), h) in parts.iter_mut().zip(task_parts) {
                 if let Some(h) = h {
@@ -305,6 +314,7 @@ pub(crate) async fn load(args: &Args, work: Work, total: u64) -> Result<Report, 
         hist,
         parts,
         first_error,
+        errors_by_message,
     })
 }
 
@@ -337,6 +347,7 @@ pub(crate) fn print(args: &Args, what: &str, r: &Report) {
             "requests_per_sec": rps,
             "latency_ms": latency_json(&r.hist),
             "first_error": r.first_error,
+            "errors_by_message": r.errors_by_message,
         });
         if !r.parts.is_empty() {
             let by_op: serde_json::Map<String, serde_json::Value> = r
