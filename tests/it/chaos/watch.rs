@@ -85,6 +85,9 @@ pub struct WatchLog {
     pub broken: Vec<String>,
     /// How often it reconnected.
     pub resumes: usize,
+    /// Why its last streams failed (the newest few, for diagnostics: a failed stream is not a
+    /// violation, the watcher resumes).
+    pub stream_errors: Vec<String>,
 }
 
 impl WatchLog {
@@ -137,6 +140,13 @@ pub fn default_watchers() -> Vec<WatchSpec> {
     ]
 }
 
+/// The largest watch answer a watcher accepts (etcd's catch-up answers carry up to 1,000
+/// revisions, each possibly a 32 KiB value and its previous one).
+const WATCH_RECV_LIMIT: usize = 256 * 1024 * 1024;
+
+/// How many of a watcher's newest stream failures it keeps.
+const STREAM_ERRORS_KEPT: usize = 3;
+
 /// One watcher: watches, records, and resumes after every break from the revision after its
 /// last event (or where its first watch started).
 pub async fn watch_loop(
@@ -175,8 +185,12 @@ pub async fn watch_loop(
         } else {
             None
         };
+        // etcd's Go client takes answers of any size (its receive limit is 2 GiB); with the
+        // crate's default of 4 MiB a watcher that fell behind by many large values would fail to
+        // decode the same catch-up answer after every resume and never catch up.
+        let mut wc = c.watch_client().max_decoding_message_size(WATCH_RECV_LIMIT);
         let created =
-            tokio::time::timeout(OP_TIMEOUT, c.watch(spec.key.as_str(), Some(opts))).await;
+            tokio::time::timeout(OP_TIMEOUT, wc.watch(spec.key.as_str(), Some(opts))).await;
         let Ok(Ok((_watcher, mut stream))) = created else {
             rotor.fail();
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -242,7 +256,15 @@ pub async fn watch_loop(
                         events,
                     });
                 }
-                Ok(_) => break,
+                Ok(Err(e)) => {
+                    let mut l = log.lock();
+                    if l.stream_errors.len() == STREAM_ERRORS_KEPT {
+                        l.stream_errors.remove(0);
+                    }
+                    l.stream_errors.push(format!("after {next}: {e}"));
+                    break;
+                }
+                Ok(Ok(None)) => break,
             }
         }
         rotor.fail();

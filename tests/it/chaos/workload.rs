@@ -604,6 +604,7 @@ impl Workload {
                 batches: Vec::new(),
                 broken: Vec::new(),
                 resumes: 0,
+                stream_errors: Vec::new(),
             }));
             watches.push(log.clone());
             let stop = stop_watch.clone();
@@ -698,10 +699,11 @@ impl Workload {
                 panic!(
                     "timed out waiting for the reference watcher to reach the final revision \
                      {revision}: it is at {}, resumed {} times; members' serializable \
-                     revisions: {seen:?}; its last breaks: {:?}",
+                     revisions: {seen:?}; its last breaks: {:?}; its last stream errors: {:?}",
                     w.last_rev(),
                     w.resumes,
-                    w.broken.iter().rev().take(3).collect::<Vec<_>>()
+                    w.broken.iter().rev().take(3).collect::<Vec<_>>(),
+                    w.stream_errors
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -191,6 +191,7 @@ fn valid() -> History {
                 batches: reference,
                 broken: vec![],
                 resumes: 0,
+                stream_errors: vec![],
             },
             WatchLog {
                 spec: specs[1].clone(),
@@ -199,6 +200,7 @@ fn valid() -> History {
                 batches: from_now,
                 broken: vec![],
                 resumes: 1,
+                stream_errors: vec![],
             },
         ],
     }
