@@ -108,6 +108,43 @@ impl Slots {
     }
 }
 
+/// Counts `size` more bytes of proposals waiting in `queued`, or refuses them with
+/// `etcdserver: too many requests` when they would take it past [`MAX_QUEUED_BYTES`] (one
+/// proposal of any size always gets in). The taker of a batch subtracts its bytes.
+pub(super) fn reserve(
+    queued: &std::sync::atomic::AtomicUsize,
+    size: usize,
+) -> Result<(), ProposeError> {
+    use std::sync::atomic::Ordering;
+    let before = queued.fetch_add(size, Ordering::SeqCst);
+    if before > 0 && before + size > MAX_QUEUED_BYTES {
+        queued.fetch_sub(size, Ordering::SeqCst);
+        return Err(ProposeError::TooManyRequests);
+    }
+    Ok(())
+}
+
+/// `first` and whatever else waits in `rx` right now, up to [`MAX_OPS`] items and about
+/// [`MAX_BYTES`] bytes (`size` of each), with their bytes: one batch.
+pub(super) fn gather<T>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    first: T,
+    size: impl Fn(&T) -> usize,
+) -> (Vec<T>, usize) {
+    let mut bytes = size(&first);
+    let mut batch = vec![first];
+    while batch.len() < MAX_OPS && bytes < MAX_BYTES {
+        match rx.try_recv() {
+            Ok(item) => {
+                bytes += size(&item);
+                batch.push(item);
+            }
+            Err(_) => break,
+        }
+    }
+    (batch, bytes)
+}
+
 /// Forms batches from `rx` and proposes them to raft until every sender is gone.
 pub(super) async fn run(slots: Slots, mut rx: mpsc::UnboundedReceiver<Pending>) {
     use std::sync::atomic::Ordering;
@@ -129,17 +166,7 @@ pub(super) async fn run(slots: Slots, mut rx: mpsc::UnboundedReceiver<Pending>) 
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = first.0.size_hint();
-        let mut batch = vec![first];
-        while batch.len() < MAX_OPS && bytes < MAX_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += p.0.size_hint();
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
+        let (batch, bytes) = gather(&mut rx, first, |p| p.0.size_hint());
         queued.fetch_sub(bytes, Ordering::SeqCst);
         let raft = raft.clone();
         let lost = lost.clone();

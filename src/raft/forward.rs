@@ -62,11 +62,7 @@ impl Queue {
     /// Forwards `op` to `leader` with the writes waiting beside it, and returns its result.
     pub(super) async fn forward(&self, leader: u64, op: Arc<Op>) -> Result<Applied, ProposeError> {
         let size = op.size_hint();
-        let before = self.queued.fetch_add(size, Ordering::SeqCst);
-        if before > 0 && before + size > batch::MAX_QUEUED_BYTES {
-            self.queued.fetch_sub(size, Ordering::SeqCst);
-            return Err(ProposeError::TooManyRequests);
-        }
+        batch::reserve(&self.queued, size)?;
         let (tx, rx) = oneshot::channel();
         if self.tx.send((leader, op, tx)).is_err() {
             self.queued.fetch_sub(size, Ordering::SeqCst);
@@ -86,26 +82,16 @@ async fn run(
 ) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
-        let Some((leader, op, tx)) = rx.recv().await else {
+        let Some(first) = rx.recv().await else {
             return;
         };
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = op.size_hint();
-        let mut ops = vec![op];
-        let mut txs = vec![tx];
-        while ops.len() < batch::MAX_OPS && bytes < batch::MAX_BYTES {
-            match rx.try_recv() {
-                Ok((_, op, tx)) => {
-                    bytes += op.size_hint();
-                    ops.push(op);
-                    txs.push(tx);
-                }
-                Err(_) => break,
-            }
-        }
+        let leader = first.0;
+        let (waiting, bytes) = batch::gather(&mut rx, first, |p| p.1.size_hint());
         queued.fetch_sub(bytes, Ordering::SeqCst);
+        let (ops, txs): (Vec<_>, Vec<_>) = waiting.into_iter().map(|(_, op, tx)| (op, tx)).unzip();
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -153,8 +139,7 @@ impl Shared {
             _ => return Err(ProposeError::LeaderChanged),
         }
         let (id, node) = self.leader_target(Some(leader))?;
-        let payload =
-            peer::encode(&ops).map_err(|e| ProposeError::LeaderUnreachable(e.to_string()))?;
+        let payload = peer::encode(&ops).map_err(call_err)?;
         let call = self
             .peers
             .call(id, &node, self.request_timeout, |mut c| async move {
@@ -168,14 +153,13 @@ impl Shared {
             }
             Err(e) => return Err(call_err(e)),
         };
-        peer::decode::<Results>(&reply).map_err(|e| ProposeError::LeaderUnreachable(e.to_string()))
+        peer::decode::<Results>(&reply).map_err(call_err)
     }
 
     /// Sends one write to `leader` through `Forward` (what every oxcd leader answers).
     pub(super) async fn forward_one(&self, leader: u64, op: &Op) -> Result<Applied, ProposeError> {
         let (id, node) = self.leader_target(Some(leader))?;
-        let payload =
-            peer::encode(op).map_err(|e| ProposeError::LeaderUnreachable(e.to_string()))?;
+        let payload = peer::encode(op).map_err(call_err)?;
         let call = self
             .peers
             .call(id, &node, self.request_timeout, |mut c| async move {
@@ -185,8 +169,7 @@ impl Shared {
             .unless_leader_moves(leader, call)
             .await?
             .map_err(call_err)?;
-        peer::decode::<Result<Applied, ProposeError>>(&reply)
-            .map_err(|e| ProposeError::LeaderUnreachable(e.to_string()))?
+        peer::decode::<Result<Applied, ProposeError>>(&reply).map_err(call_err)?
     }
 
     /// Runs `call` to `leader`, unless this member stops following `leader` first: a leader cut
@@ -216,14 +199,13 @@ impl Shared {
 
     /// On the leader: proposes forwarded `ops` and answers each. With nothing waiting and a batch
     /// slot free they go into raft at once as one entry; otherwise each joins the leader's queue.
-    pub(super) async fn write_local_many(&self, ops: Vec<Op>) -> Results {
+    pub(super) async fn write_local_many(&self, mut ops: Vec<Op>) -> Results {
         let n = ops.len();
         if n <= 1 {
-            let mut out = Vec::with_capacity(1);
-            for op in ops {
-                out.push(self.write_local(op).await);
-            }
-            return out;
+            return match ops.pop() {
+                Some(op) => vec![self.write_local(op).await],
+                None => Vec::new(),
+            };
         }
         if let Err(e) = self.admit().await {
             return vec![Err(e); n];
@@ -299,7 +281,8 @@ impl RaftNode {
     }
 }
 
-/// What a failed peer call means for the writes it carried.
+/// What a failed peer call (or a payload that cannot be encoded or decoded) means for the writes
+/// it carried.
 fn call_err(e: PeerError) -> ProposeError {
     match e {
         PeerError::Timeout(_) => ProposeError::Timeout,

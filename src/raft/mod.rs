@@ -356,12 +356,7 @@ impl Shared {
         use std::sync::atomic::Ordering;
         let size = op.size_hint();
         let queued = self.slots.queued();
-        // One proposal always gets in, however large; more wait only while the queue is small.
-        let before = queued.fetch_add(size, Ordering::SeqCst);
-        if before > 0 && before + size > batch::MAX_QUEUED_BYTES {
-            queued.fetch_sub(size, Ordering::SeqCst);
-            return Err(ProposeError::TooManyRequests);
-        }
+        batch::reserve(queued, size)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.proposals.send((op, tx)).is_err() {
             queued.fetch_sub(size, Ordering::SeqCst);
